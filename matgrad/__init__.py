@@ -1,0 +1,101 @@
+"""matgrad: automatic differentiation at matrix granularity.
+
+A ``Tensor2D`` wraps a row-major matrix and records the op and the inputs that made it;
+``backward()`` walks that graph in topological order and applies each op's chain rule.
+
+    >>> import matgrad as mg
+    >>> x = mg.Tensor2D([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    >>> loss = (x @ x.T).sum()
+    >>> loss.backward()
+    >>> x.grad.tolist()
+    [[8.0, 12.0], [8.0, 12.0]]
+"""
+
+from __future__ import annotations
+
+# tensor first: the modules below import Tensor2D from it
+from matgrad.tensor import Tensor2D, get_default_dtype, set_default_dtype  # isort: skip
+from matgrad import functional
+from matgrad._errors import (
+    AnomalyError,
+    ArgumentError,
+    BackendError,
+    DTypeError,
+    GradcheckError,
+    GraphError,
+    MatgradError,
+    ShapeError,
+)
+from matgrad.autograd import enable_grad, grad, is_grad_enabled, no_grad, set_grad_enabled
+from matgrad.backends import available_backends, get_backend, manual_seed, set_backend
+from matgrad.creation import eye, full, full_like, ones, ones_like, rand, randn, uniform, zeros, zeros_like
+from matgrad.gradcheck import gradcheck, gradgradcheck
+from matgrad.ops import (
+    argmax,
+    argmin,
+    cat,
+    exp,
+    log,
+    log_softmax,
+    logsumexp,
+    matmul,
+    relu,
+    sigmoid,
+    softmax,
+    sqrt,
+    tanh,
+    where,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AnomalyError",
+    "ArgumentError",
+    "BackendError",
+    "DTypeError",
+    "GradcheckError",
+    "GraphError",
+    "MatgradError",
+    "ShapeError",
+    "Tensor2D",
+    "__version__",
+    "argmax",
+    "argmin",
+    "available_backends",
+    "cat",
+    "enable_grad",
+    "exp",
+    "eye",
+    "full",
+    "full_like",
+    "functional",
+    "get_backend",
+    "get_default_dtype",
+    "grad",
+    "gradcheck",
+    "gradgradcheck",
+    "is_grad_enabled",
+    "log",
+    "log_softmax",
+    "logsumexp",
+    "manual_seed",
+    "matmul",
+    "no_grad",
+    "ones",
+    "ones_like",
+    "rand",
+    "randn",
+    "relu",
+    "set_backend",
+    "set_default_dtype",
+    "set_grad_enabled",
+    "sigmoid",
+    "softmax",
+    "sqrt",
+    "tanh",
+    "uniform",
+    "where",
+    "zeros",
+    "zeros_like",
+]

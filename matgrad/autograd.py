@@ -1,0 +1,395 @@
+"""The autograd engine: grad mode, the ``Op`` base class, graph recording and backward.
+
+Every op is one ``Op`` subclass with ``forward`` (backend kernels on raw matrices) and
+``backward`` (input gradients written as ``Tensor2D`` expressions) side by side. Because the
+rules are tensor expressions, running them with grad mode on (``create_graph=True``) records
+the gradient's own graph: second derivatives come for free.
+
+Broadcasting is settled here, once: when a rule returns a gradient shaped like the output but
+its input was a broadcast ``(1, n)``, ``(m, 1)`` or ``(1, 1)`` operand, the engine sums it back.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence, TypeVar
+
+from matgrad._errors import AnomalyError, GraphError, at_user_site, user_site
+from matgrad.tensor import Tensor2D, _wrap
+
+if TYPE_CHECKING:
+    from matgrad.backends.base import Backend, Data
+
+__all__ = [
+    "Op",
+    "backward",
+    "enable_grad",
+    "grad",
+    "is_grad_enabled",
+    "no_grad",
+    "set_grad_enabled",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Module globals read on every op: the cheapest state CPython can look up.
+_grad_enabled = True
+_anomaly = False
+_debug = False
+# The stack of nn.Modules being called (outermost first), recorded on each op for diagrams.
+_scope: tuple[Any, ...] = ()
+
+
+def is_grad_enabled() -> bool:
+    """True when new ops record the graph (the default)."""
+    return _grad_enabled
+
+
+class _GradMode:
+    """Context manager and decorator that sets grad mode and restores it on exit."""
+
+    _mode: bool = True
+
+    def __init__(self) -> None:
+        self._prev: list[bool] = []
+
+    def __enter__(self) -> None:
+        global _grad_enabled
+        self._prev.append(_grad_enabled)
+        _grad_enabled = self._mode
+
+    def __exit__(self, *exc: object) -> None:
+        global _grad_enabled
+        _grad_enabled = self._prev.pop()
+
+    def _fresh(self) -> _GradMode:
+        return type(self)()
+
+    def __call__(self, fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self._fresh():
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+
+class no_grad(_GradMode):
+    """Run without recording the graph (inference, optimiser updates). Also a decorator."""
+
+    _mode = False
+
+
+class enable_grad(_GradMode):
+    """Record the graph even inside ``no_grad``. Also a decorator."""
+
+    _mode = True
+
+
+class set_grad_enabled(_GradMode):
+    """Set grad mode to ``mode``: a plain call, a context manager or a decorator (as PyTorch)."""
+
+    def __init__(self, mode: bool) -> None:
+        global _grad_enabled
+        super().__init__()
+        self._mode = bool(mode)
+        self._prev.append(_grad_enabled)
+        _grad_enabled = self._mode  # a plain call takes effect at once
+
+    def __enter__(self) -> None:
+        pass  # applied in __init__; __exit__ restores the mode saved there
+
+    def _fresh(self) -> _GradMode:
+        mode = self._mode
+        return enable_grad() if mode else no_grad()
+
+    def __call__(self, fn: F) -> F:
+        global _grad_enabled
+        _grad_enabled = self._prev.pop()  # used as a decorator: undo the change made in __init__
+        return super().__call__(fn)
+
+
+class Op:
+    """One node of the graph: the op that produced a tensor, with its inputs in order.
+
+    Subclasses define ``forward(backend, *data)`` returning the output matrix and
+    ``backward(grad, *inputs)`` returning one gradient (a ``Tensor2D``, or ``None``) per input.
+    A rule may return a gradient shaped like the output for a broadcast input: the engine sums
+    it back. ``saved`` holds whatever forward keeps for backward; it is dropped when the graph
+    is released.
+    """
+
+    __slots__ = ("_out", "inputs", "needs_input_grad", "released", "saved", "scope", "site")
+
+    name: ClassVar[str] = "op"
+    needs_output: ClassVar[bool] = False
+
+    def forward(self, backend: Backend, *data: Data) -> Data:
+        raise NotImplementedError
+
+    def backward(self, grad: Tensor2D, *inputs: Tensor2D) -> tuple[Tensor2D | None, ...]:
+        raise NotImplementedError
+
+    @property
+    def output(self) -> Tensor2D:
+        """The tensor this op produced (held weakly, so the graph has no reference cycles)."""
+        out = self._out() if getattr(self, "_out", None) is not None else None
+        if out is None:
+            raise GraphError(f"{self.name}: its output tensor no longer exists")
+        return out
+
+    def release(self) -> None:
+        """Drop what forward saved for backward; a later backward through here is an error."""
+        self.released = True
+        self.saved = None
+
+    def describe(self) -> str:
+        """Short label for diagrams and messages, e.g. ``pow(2)``; subclasses add parameters."""
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<{self.describe()} op>"
+
+
+def record(op: Op, data: Data, backend: Backend, inputs: tuple[Tensor2D, ...]) -> Tensor2D:
+    """Wrap ``data`` as the output of ``op``; link it into the graph when grad mode is on."""
+    out = _wrap(data, backend)
+    if _anomaly:
+        _check_forward(op, out, inputs)
+    if _grad_enabled:
+        needs = tuple([t.requires_grad for t in inputs])
+        if True in needs:
+            op.inputs = inputs
+            op.needs_input_grad = needs
+            op.released = False
+            op.scope = _scope
+            if op.needs_output:
+                op._out = weakref.ref(out)
+            if _debug:
+                op.site = user_site()
+            out._op = op
+            out.requires_grad = True
+    return out
+
+
+def _shapes(tensors: Iterable[Tensor2D]) -> str:
+    return ", ".join(f"{t.nrows}x{t.ncols}" for t in tensors)
+
+
+def _site_of(op: Op) -> str:
+    site = getattr(op, "site", None) or user_site()
+    return f" (at {site})" if site else ""
+
+
+def _check_forward(op: Op, out: Tensor2D, inputs: tuple[Tensor2D, ...]) -> None:
+    if not out._backend.all_finite(out._data) and all(
+        t._backend.all_finite(t._data) for t in inputs
+    ):
+        raise AnomalyError(
+            f"{op.describe()} produced NaN or Inf in its {out.nrows}x{out.ncols} output from "
+            f"finite inputs ({_shapes(inputs)}){_site_of(op)}"
+        )
+
+
+def _check_backward(op: Op, inp: Tensor2D, g: Tensor2D, index: int) -> None:
+    if not g._backend.all_finite(g._data):
+        raise AnomalyError(
+            f"backward of {op.describe()} produced NaN or Inf in the gradient of its input "
+            f"#{index} ({inp.nrows}x{inp.ncols}); inputs were {_shapes(op.inputs)}"
+            f"{_site_of(op)}"
+        )
+
+
+def _sum_to(g: Tensor2D, shape: tuple[int, int], op: Op) -> Tensor2D:
+    """Sum a gradient back over the axes its input was broadcast along."""
+    gr, gc = g.shape
+    r, c = shape
+    if r == 1 and gr != 1:
+        g = g.sum(axis=0)
+    if c == 1 and gc != 1:
+        g = g.sum(axis=1)
+    if g.shape != shape:  # a rule returned a wrong shape: a bug in matgrad, not in user code
+        raise GraphError(f"backward of {op.name} gave a {gr}x{gc} gradient for a {r}x{c} input")
+    return g
+
+
+def _topological_order(roots: Sequence[Tensor2D]) -> list[Tensor2D]:
+    """Every tensor that needs a gradient, inputs before outputs. Iterative: no recursion limit."""
+    order: list[Tensor2D] = []
+    seen: set[int] = set()
+    stack: list[tuple[Tensor2D, bool]] = [(r, False) for r in reversed(roots)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        op = node._op
+        if op is not None:
+            for inp in reversed(op.inputs):
+                if inp.requires_grad and id(inp) not in seen:
+                    stack.append((inp, False))
+    return order
+
+
+def _seed_grad(root: Tensor2D, g: Tensor2D | None, where: str) -> Tensor2D:
+    if g is None:
+        if root.shape != (1, 1):
+            raise GraphError(
+                at_user_site(
+                    f"{where}: the output is {root.nrows}x{root.ncols}, not 1x1, so its gradient "
+                    "is ambiguous; reduce it first (out.sum(), out.mean()) or pass grad= a tensor "
+                    "of the same shape"
+                )
+            )
+        return _wrap(root._backend.full(1, 1, 1.0, root.dtype), root._backend)
+    if not isinstance(g, Tensor2D):
+        g = Tensor2D(g, dtype=root.dtype, backend=root.backend)
+    if g.shape != root.shape or g._backend is not root._backend or g.dtype != root.dtype:
+        raise GraphError(
+            at_user_site(
+                f"{where}: grad is {g.nrows}x{g.ncols} {g.dtype} on {g.backend} but the output is "
+                f"{root.nrows}x{root.ncols} {root.dtype} on {root.backend}; they must match"
+            )
+        )
+    return g
+
+
+def _run(
+    roots: Sequence[Tensor2D],
+    seeds: Sequence[Tensor2D],
+    retain_graph: bool,
+    create_graph: bool,
+    wanted: dict[int, int] | None = None,
+) -> dict[int, Tensor2D]:
+    """Propagate ``seeds`` from ``roots`` to every tensor that requires grad.
+
+    With ``wanted`` (``id(tensor) -> position``) the gradients of those tensors are returned and
+    ``.grad`` is left alone; otherwise leaves (and tensors with ``retain_grad``) accumulate into
+    ``.grad``.
+    """
+    global _grad_enabled
+    order = _topological_order(roots)
+    pending: dict[int, Tensor2D] = {}
+    for r, s in zip(roots, seeds):
+        prev = pending.get(id(r))
+        pending[id(r)] = s if prev is None else prev + s
+    captured: dict[int, Tensor2D] = {}
+    saved_mode = _grad_enabled
+    _grad_enabled = create_graph
+    try:
+        for node in reversed(order):
+            g = pending.pop(id(node), None)
+            if g is None:
+                continue
+            op = node._op
+            if wanted is not None:
+                if id(node) in wanted:
+                    captured[id(node)] = g
+            elif op is None or node._retain:
+                g_store = g if create_graph else g.detach()
+                node.grad = g_store if node.grad is None else node.grad + g_store
+            if op is None:
+                continue
+            if op.released:
+                raise GraphError(
+                    at_user_site(
+                        f"backward through {op.describe()} a second time: its graph was released "
+                        "by the first backward; pass retain_graph=True to the first call (or "
+                        "recompute the forward pass)"
+                    )
+                )
+            in_grads = op.backward(g, *op.inputs)
+            for i, (inp, need, ig) in enumerate(zip(op.inputs, op.needs_input_grad, in_grads)):
+                if not need or ig is None:
+                    continue
+                if ig._data.shape != inp._data.shape:
+                    ig = _sum_to(ig, inp.shape, op)
+                if _anomaly:
+                    _check_backward(op, inp, ig, i)
+                key = id(inp)
+                prev = pending.get(key)
+                pending[key] = ig if prev is None else prev + ig
+            if not retain_graph:
+                op.release()
+    finally:
+        _grad_enabled = saved_mode
+    return captured
+
+
+def backward(
+    tensor: Tensor2D,
+    grad: Tensor2D | None = None,
+    retain_graph: bool | None = None,
+    create_graph: bool = False,
+) -> None:
+    """Accumulate d(tensor)/d(leaf) into every leaf's ``.grad`` (see ``Tensor2D.backward``)."""
+    if not tensor.requires_grad:
+        raise GraphError(
+            at_user_site(
+                "backward: this tensor does not require grad, so there is no graph to walk; "
+                "create the leaves with requires_grad=True (and not under no_grad())"
+            )
+        )
+    seed = _seed_grad(tensor, grad, "backward")
+    keep = create_graph if retain_graph is None else retain_graph
+    _run([tensor], [seed], keep, create_graph)
+
+
+def _as_sequence(x: Tensor2D | Sequence[Tensor2D]) -> list[Tensor2D]:
+    return [x] if isinstance(x, Tensor2D) else list(x)
+
+
+def grad(
+    outputs: Tensor2D | Sequence[Tensor2D],
+    inputs: Tensor2D | Sequence[Tensor2D],
+    grad_outputs: Tensor2D | Sequence[Tensor2D | None] | None = None,
+    retain_graph: bool | None = None,
+    create_graph: bool = False,
+    allow_unused: bool = False,
+) -> tuple[Tensor2D | None, ...]:
+    """Gradients of ``outputs`` with respect to ``inputs``, returned, with ``.grad`` untouched.
+
+    As ``torch.autograd.grad``: ``grad_outputs`` seeds non-scalar outputs; ``create_graph=True``
+    makes the result differentiable (Hessian-vector products); an input the outputs do not
+    depend on is an error unless ``allow_unused=True``, which returns ``None`` for it.
+    """
+    outs = _as_sequence(outputs)
+    ins = _as_sequence(inputs)
+    if not outs or not ins:
+        raise GraphError("grad: outputs and inputs must each hold at least one tensor")
+    if grad_outputs is None:
+        seeds_in: list[Tensor2D | None] = [None] * len(outs)
+    else:
+        seeds_in = list(_as_sequence(grad_outputs))  # type: ignore[arg-type]
+    if len(seeds_in) != len(outs):
+        raise GraphError(f"grad: {len(outs)} outputs but {len(seeds_in)} grad_outputs")
+    for t in ins:
+        if not t.requires_grad:
+            raise GraphError(
+                at_user_site("grad: an input does not require grad; create it with requires_grad=True")
+            )
+    roots, seeds = [], []
+    for o, s in zip(outs, seeds_in):
+        if not o.requires_grad:
+            raise GraphError(at_user_site("grad: an output does not depend on any tensor that requires grad"))
+        roots.append(o)
+        seeds.append(_seed_grad(o, s, "grad"))
+    keep = create_graph if retain_graph is None else retain_graph
+    captured = _run(roots, seeds, keep, create_graph, {id(t): i for i, t in enumerate(ins)})
+    result: list[Tensor2D | None] = []
+    for i, t in enumerate(ins):
+        g = captured.get(id(t))
+        if g is None and not allow_unused:
+            raise GraphError(
+                at_user_site(
+                    f"grad: input #{i} ({t.nrows}x{t.ncols}) was not used to compute the outputs; "
+                    "pass allow_unused=True to get None for it"
+                )
+            )
+        result.append(g)
+    return tuple(result)

@@ -1,0 +1,210 @@
+"""The kernel interface every matrix backend implements.
+
+A backend owns matrix storage and a small, closed set of primitive kernels. It knows nothing of
+graphs or gradients: ``Tensor2D`` and the ops call these kernels and nothing else.
+
+Conventions shared by every kernel:
+
+* matrices are 2-D and row-major, with at least one row and one column;
+* element-wise binary kernels broadcast a ``(1, n)``, ``(m, 1)`` or ``(1, 1)`` operand (or a
+  Python float) against an ``(m, n)`` one, in either order; the caller has validated shapes;
+* the result has the operands' dtype (the caller has checked they agree), except comparisons,
+  which return 0/1 in ``out_dtype``, and ``argmax`` / ``argmin``, which return ``int64``;
+* reductions keep two dimensions: axis ``None`` gives ``(1, 1)``, ``0`` gives ``(1, n)``,
+  ``1`` gives ``(m, 1)``;
+* an index is either a ``slice`` or a list of non-negative, in-range ints (validated upstream).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Literal, Sequence, Union
+
+Data = Any
+"""A backend's native matrix: ``backends.python.Matrix`` or a 2-D ``numpy.ndarray``."""
+
+Operand = Union[Data, float]
+Axis = Literal[None, 0, 1]
+Index = Union[slice, list[int]]
+
+DTYPES = ("float32", "float64", "int64")
+FLOAT_DTYPES = ("float32", "float64")
+
+
+class Backend(ABC):
+    """Storage and primitive kernels for row-major 2-D matrices."""
+
+    name: str = ""
+
+    def __repr__(self) -> str:
+        return f"<matgrad backend {self.name!r}>"
+
+    # -- construction and conversion ---------------------------------------------------------
+    @abstractmethod
+    def from_rows(self, rows: Sequence[Sequence[float]], dtype: str) -> Data:
+        """A matrix from validated, rectangular nested lists of numbers."""
+
+    @abstractmethod
+    def from_array(self, array: Any, dtype: str) -> Data:
+        """A matrix from a validated 2-D array (anything with ``tolist()``), copied."""
+
+    @abstractmethod
+    def full(self, nrows: int, ncols: int, value: float, dtype: str) -> Data:
+        """An ``nrows x ncols`` matrix filled with ``value``."""
+
+    @abstractmethod
+    def eye(self, nrows: int, ncols: int, dtype: str) -> Data:
+        """Ones on the main diagonal, zeros elsewhere."""
+
+    @abstractmethod
+    def seed(self, seed: int) -> None:
+        """Reset this backend's random generator."""
+
+    @abstractmethod
+    def uniform(self, nrows: int, ncols: int, low: float, high: float, dtype: str) -> Data:
+        """Samples of U(low, high)."""
+
+    @abstractmethod
+    def normal(self, nrows: int, ncols: int, mean: float, std: float, dtype: str) -> Data:
+        """Samples of N(mean, std^2)."""
+
+    @abstractmethod
+    def permutation(self, n: int) -> list[int]:
+        """A random permutation of ``range(n)`` from this backend's generator."""
+
+    @abstractmethod
+    def tolist(self, a: Data) -> list[list[Any]]:
+        """Nested Python lists (floats, or ints for int64)."""
+
+    @abstractmethod
+    def to_numpy(self, a: Data) -> Any:
+        """A NumPy array (a copy, except on the numpy backend where it may share memory)."""
+
+    @abstractmethod
+    def dtype(self, a: Data) -> str:
+        """The dtype name: ``"float32"``, ``"float64"`` or ``"int64"``."""
+
+    @abstractmethod
+    def astype(self, a: Data, dtype: str) -> Data:
+        """A copy converted to ``dtype``."""
+
+    @abstractmethod
+    def copy(self, a: Data) -> Data:
+        """An independent copy."""
+
+    @abstractmethod
+    def assign(self, a: Data, b: Operand) -> None:
+        """In place: ``a[...] = b`` (same shape, or broadcast). For optimisers only."""
+
+    @abstractmethod
+    def axpy(self, a: Data, b: Data, alpha: float) -> None:
+        """In place: ``a += alpha * b`` (``b`` same shape, or broadcast). For optimisers only."""
+
+    # -- element-wise ------------------------------------------------------------------------
+    @abstractmethod
+    def add(self, a: Operand, b: Operand) -> Data:
+        """``a + b``."""
+
+    @abstractmethod
+    def sub(self, a: Operand, b: Operand) -> Data:
+        """``a - b``."""
+
+    @abstractmethod
+    def mul(self, a: Operand, b: Operand) -> Data:
+        """``a * b``."""
+
+    @abstractmethod
+    def div(self, a: Operand, b: Operand) -> Data:
+        """``a / b`` with IEEE semantics (``1/0 = inf``, ``0/0 = nan``)."""
+
+    @abstractmethod
+    def pow(self, a: Operand, b: Operand) -> Data:
+        """``a ** b`` with IEEE semantics (a negative base to a fractional power is nan)."""
+
+    @abstractmethod
+    def maximum(self, a: Operand, b: Operand) -> Data:
+        """Element-wise maximum."""
+
+    @abstractmethod
+    def minimum(self, a: Operand, b: Operand) -> Data:
+        """Element-wise minimum."""
+
+    @abstractmethod
+    def compare(self, op: str, a: Operand, b: Operand, out_dtype: str) -> Data:
+        """1 where ``a <op> b`` holds, else 0; ``op`` is one of ``eq ne lt le gt ge``."""
+
+    @abstractmethod
+    def where(self, cond: Data, a: Operand, b: Operand) -> Data:
+        """``a`` where ``cond`` is non-zero, else ``b``."""
+
+    @abstractmethod
+    def unary(self, op: str, a: Data) -> Data:
+        """``op`` in ``neg exp log log1p sqrt abs sign tanh sigmoid`` applied element-wise."""
+
+    @abstractmethod
+    def all_finite(self, a: Data) -> bool:
+        """True when no element is NaN or +-Inf."""
+
+    # -- linear algebra and layout ------------------------------------------------------------
+    @abstractmethod
+    def matmul(self, a: Data, b: Data, trans_a: bool = False, trans_b: bool = False) -> Data:
+        """``op(a) @ op(b)`` where ``op`` transposes when its flag is set (as BLAS gemm)."""
+
+    @abstractmethod
+    def transpose(self, a: Data) -> Data:
+        """A row-major copy of ``a.T``."""
+
+    @abstractmethod
+    def reshape(self, a: Data, nrows: int, ncols: int) -> Data:
+        """The same row-major elements read as ``nrows x ncols``."""
+
+    @abstractmethod
+    def cat(self, parts: Sequence[Data], axis: Literal[0, 1]) -> Data:
+        """Concatenation along rows (axis 0) or columns (axis 1)."""
+
+    # -- reductions ---------------------------------------------------------------------------
+    @abstractmethod
+    def sum(self, a: Data, axis: Axis) -> Data:
+        """Sum over all elements, each column (axis 0) or each row (axis 1)."""
+
+    @abstractmethod
+    def max(self, a: Data, axis: Axis) -> Data:
+        """Maximum, as ``sum``; NaN propagates."""
+
+    @abstractmethod
+    def min(self, a: Data, axis: Axis) -> Data:
+        """Minimum, as ``sum``; NaN propagates."""
+
+    @abstractmethod
+    def argmax(self, a: Data, axis: Axis) -> Data:
+        """int64 index of the first maximum (a flat row-major index for axis None)."""
+
+    @abstractmethod
+    def argmin(self, a: Data, axis: Axis) -> Data:
+        """int64 index of the first minimum (a flat row-major index for axis None)."""
+
+    # -- indexing -----------------------------------------------------------------------------
+    @abstractmethod
+    def take(self, a: Data, rows: Index, cols: Index) -> Data:
+        """The submatrix of the selected rows and columns (outer indexing, as ``np.ix_``)."""
+
+    @abstractmethod
+    def take_adjoint(
+        self, g: Data, nrows: int, ncols: int, rows: Index, cols: Index
+    ) -> Data:
+        """Zeros of ``nrows x ncols`` with ``g`` scatter-added at ``take``'s positions."""
+
+    @abstractmethod
+    def indices(self, a: Data) -> Any:
+        """The values of an int64 matrix as a flat index, in a form ``pick`` and ``take`` accept."""
+
+    @abstractmethod
+    def pick(self, a: Data, rows: Any, cols: Any) -> Data:
+        """The column ``[a[rows[i], cols[i]] for i]`` (paired indexing), shape ``(k, 1)``.
+
+        ``rows=None`` means one pick per row, ``rows[i] = i``: how a loss reads each target.
+        """
+
+    @abstractmethod
+    def pick_adjoint(self, g: Data, nrows: int, ncols: int, rows: Any, cols: Any) -> Data:
+        """Zeros of ``nrows x ncols`` with ``g[i]`` added at ``(rows[i], cols[i])``."""

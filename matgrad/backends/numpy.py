@@ -1,0 +1,250 @@
+"""The NumPy backend: the same kernels on C-contiguous 2-D arrays.
+
+Every kernel is written against the module object ``self.xp`` rather than ``numpy`` itself, so an
+array library with NumPy's API could be dropped in later by passing it to ``NumpyBackend(xp)``.
+float32 by default; float64 on request.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Sequence
+
+from matgrad.backends.base import Axis, Backend, Index, Operand
+
+__all__ = ["NumpyBackend"]
+
+
+class NumpyBackend(Backend):
+    """Kernels over C-contiguous ``xp.ndarray`` matrices."""
+
+    name = "numpy"
+
+    def __init__(self, xp: Any = None) -> None:
+        if xp is None:
+            import numpy as xp
+        self.xp = xp
+        self._dtypes = {"float32": xp.float32, "float64": xp.float64, "int64": xp.int64}
+        self._rng = xp.random.default_rng(0)
+        self._compare = {
+            "eq": xp.equal,
+            "ne": xp.not_equal,
+            "lt": xp.less,
+            "le": xp.less_equal,
+            "gt": xp.greater,
+            "ge": xp.greater_equal,
+        }
+        self._unary = {
+            "neg": xp.negative,
+            "exp": xp.exp,
+            "log": xp.log,
+            "log1p": xp.log1p,
+            "sqrt": xp.sqrt,
+            "abs": xp.abs,
+            "sign": xp.sign,
+            "tanh": xp.tanh,
+            "sigmoid": self._sigmoid,
+        }
+        # Ops that can meet a domain edge (log 0, 1/0, overflow): IEEE results, no warnings,
+        # exactly as the python backend. Anomaly detection is the tool for finding them.
+        self._quiet = {"exp", "log", "log1p", "sqrt", "sigmoid"}
+
+    # -- construction and conversion ---------------------------------------------------------
+    def from_rows(self, rows: Sequence[Sequence[Any]], dtype: str) -> Any:
+        return self.xp.array(rows, dtype=self._dtypes[dtype])
+
+    def from_array(self, array_: Any, dtype: str) -> Any:
+        return self.xp.array(array_, dtype=self._dtypes[dtype], order="C", copy=True)
+
+    def full(self, nrows: int, ncols: int, value: float, dtype: str) -> Any:
+        return self.xp.full((nrows, ncols), value, dtype=self._dtypes[dtype])
+
+    def eye(self, nrows: int, ncols: int, dtype: str) -> Any:
+        return self.xp.eye(nrows, ncols, dtype=self._dtypes[dtype])
+
+    def seed(self, seed: int) -> None:
+        self._rng = self.xp.random.default_rng(seed)
+
+    def uniform(self, nrows: int, ncols: int, low: float, high: float, dtype: str) -> Any:
+        dt = self._dtypes[dtype]
+        sample = self._rng.random((nrows, ncols), dtype=dt)
+        sample *= dt(high - low)
+        sample += dt(low)
+        return sample
+
+    def normal(self, nrows: int, ncols: int, mean: float, std: float, dtype: str) -> Any:
+        dt = self._dtypes[dtype]
+        sample = self._rng.standard_normal((nrows, ncols), dtype=dt)
+        sample *= dt(std)
+        sample += dt(mean)
+        return sample
+
+    def permutation(self, n: int) -> list[int]:
+        order: list[int] = self._rng.permutation(n).tolist()
+        return order
+
+    def tolist(self, a: Any) -> list[list[Any]]:
+        rows: list[list[Any]] = a.tolist()
+        return rows
+
+    def to_numpy(self, a: Any) -> Any:
+        return a
+
+    def dtype(self, a: Any) -> str:
+        name: str = a.dtype.name
+        return name
+
+    def astype(self, a: Any, dtype: str) -> Any:
+        return a.astype(self._dtypes[dtype])
+
+    def copy(self, a: Any) -> Any:
+        return a.copy()
+
+    def assign(self, a: Any, b: Operand) -> None:
+        a[...] = b
+
+    def axpy(self, a: Any, b: Any, alpha: float) -> None:
+        if alpha == 1.0:
+            a += b
+        elif alpha == -1.0:
+            a -= b
+        else:
+            a += a.dtype.type(alpha) * b
+
+    # -- element-wise ------------------------------------------------------------------------
+    def add(self, a: Operand, b: Operand) -> Any:
+        return self.xp.add(a, b)
+
+    def sub(self, a: Operand, b: Operand) -> Any:
+        return self.xp.subtract(a, b)
+
+    def mul(self, a: Operand, b: Operand) -> Any:
+        return self.xp.multiply(a, b)
+
+    def div(self, a: Operand, b: Operand) -> Any:
+        with self.xp.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return self.xp.true_divide(a, b)
+
+    def pow(self, a: Operand, b: Operand) -> Any:
+        with self.xp.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return self.xp.power(a, b)
+
+    def maximum(self, a: Operand, b: Operand) -> Any:
+        return self.xp.maximum(a, b)
+
+    def minimum(self, a: Operand, b: Operand) -> Any:
+        return self.xp.minimum(a, b)
+
+    def compare(self, op: str, a: Operand, b: Operand, out_dtype: str) -> Any:
+        return self._compare[op](a, b).astype(self._dtypes[out_dtype])
+
+    def where(self, cond: Any, a: Operand, b: Operand) -> Any:
+        out = self.xp.where(cond, a, b)
+        if isinstance(a, float) and isinstance(b, float):
+            out = out.astype(cond.dtype)
+        return out
+
+    def _sigmoid(self, a: Any) -> Any:
+        # exp(-|x|) never overflows; 1 / (1 + exp(-x)) would at x = -1000.
+        xp = self.xp
+        e = xp.exp(-xp.abs(a))
+        r = 1.0 / (1.0 + e)
+        return xp.where(a >= 0, r, e * r)
+
+    def unary(self, op: str, a: Any) -> Any:
+        if op in self._quiet:
+            with self.xp.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                return self._unary[op](a)
+        return self._unary[op](a)
+
+    def all_finite(self, a: Any) -> bool:
+        # A finite sum proves every element finite; only otherwise scan each one.
+        with self.xp.errstate(over="ignore", invalid="ignore"):
+            if math.isfinite(a.sum()):
+                return True
+        return bool(self.xp.isfinite(a).all())
+
+    # -- linear algebra and layout ------------------------------------------------------------
+    def matmul(self, a: Any, b: Any, trans_a: bool = False, trans_b: bool = False) -> Any:
+        # Transposed operands are views; BLAS reads them in place and writes a C-contiguous result.
+        return self.xp.matmul(a.T if trans_a else a, b.T if trans_b else b)
+
+    def transpose(self, a: Any) -> Any:
+        return self.xp.ascontiguousarray(a.T)
+
+    def reshape(self, a: Any, nrows: int, ncols: int) -> Any:
+        return a.reshape(nrows, ncols)
+
+    def cat(self, parts: Sequence[Any], axis: Literal[0, 1]) -> Any:
+        return self.xp.concatenate(parts, axis=axis)
+
+    # -- reductions ---------------------------------------------------------------------------
+    def sum(self, a: Any, axis: Axis) -> Any:
+        return self.xp.sum(a, axis=axis, keepdims=True)
+
+    def max(self, a: Any, axis: Axis) -> Any:
+        return self.xp.max(a, axis=axis, keepdims=True)
+
+    def min(self, a: Any, axis: Axis) -> Any:
+        return self.xp.min(a, axis=axis, keepdims=True)
+
+    def _arg(self, index: Any, axis: Axis) -> Any:
+        index = index.astype(self.xp.int64)
+        if axis is None:
+            return index.reshape(1, 1)
+        return index.reshape(1, -1) if axis == 0 else index.reshape(-1, 1)
+
+    def argmax(self, a: Any, axis: Axis) -> Any:
+        return self._arg(self.xp.argmax(a, axis=axis), axis)
+
+    def argmin(self, a: Any, axis: Axis) -> Any:
+        return self._arg(self.xp.argmin(a, axis=axis), axis)
+
+    # -- indexing -----------------------------------------------------------------------------
+    def _ids(self, index: Index, size: int) -> Any:
+        if isinstance(index, slice):
+            return self.xp.arange(size)[index]
+        return self.xp.asarray(index, dtype=self.xp.intp)
+
+    def take(self, a: Any, rows: Index, cols: Index) -> Any:
+        xp = self.xp
+        if isinstance(cols, slice):
+            out = a[rows] if isinstance(rows, slice) else xp.take(a, rows, axis=0)
+            if cols != slice(None):
+                out = out[:, cols]
+        elif isinstance(rows, slice):
+            out = xp.take(a[rows], cols, axis=1)
+        else:
+            out = a[xp.ix_(rows, cols)]
+        return xp.ascontiguousarray(out) if out.base is not None else out
+
+    def take_adjoint(self, g: Any, nrows: int, ncols: int, rows: Index, cols: Index) -> Any:
+        xp = self.xp
+        out = xp.zeros((nrows, ncols), dtype=g.dtype)
+        if isinstance(rows, slice) and isinstance(cols, slice):
+            out[rows, cols] = g  # slices never repeat a position
+        else:
+            r = self._ids(rows, nrows)
+            c = self._ids(cols, ncols)
+            xp.add.at(out, (r[:, None], c[None, :]), g)
+        return out
+
+    def indices(self, a: Any) -> Any:
+        return a.reshape(-1)
+
+    def pick(self, a: Any, rows: Any, cols: Any) -> Any:
+        xp = self.xp
+        cols = xp.asarray(cols, dtype=xp.intp)
+        if rows is None:  # one pick per row: a[i, cols[i]]
+            return xp.take_along_axis(a, cols.reshape(-1, 1), axis=1)
+        return a[xp.asarray(rows, dtype=xp.intp), cols].reshape(-1, 1)
+
+    def pick_adjoint(self, g: Any, nrows: int, ncols: int, rows: Any, cols: Any) -> Any:
+        xp = self.xp
+        out = xp.zeros((nrows, ncols), dtype=g.dtype)
+        cols = xp.asarray(cols, dtype=xp.intp)
+        if rows is None:  # each row hit once: no repeats, a plain scatter suffices
+            xp.put_along_axis(out, cols.reshape(-1, 1), g, axis=1)
+        else:
+            xp.add.at(out, (xp.asarray(rows, dtype=xp.intp), cols), g[:, 0])
+        return out

@@ -1,0 +1,538 @@
+"""The pure-Python backend: a row-major ``Matrix`` over one flat list. Standard library only.
+
+``Matrix.get(row, col)`` is ``data[row * ncols + col]``, as in the blog post matgrad grew from.
+Every kernel walks the flat list with C-level helpers (``map``, slicing, ``itertools``) so the
+interpreter loop runs per row, not per element, wherever the maths allows.
+
+float32 is emulated faithfully: values are Python floats rounded to the nearest float32 after
+every kernel (``array("f", ...)``), so a float32 tensor holds the same numbers on both backends.
+int64 tensors hold Python ints.
+
+This module must never import numpy (``to_numpy`` imports it only when asked to convert).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import random
+from array import array
+from itertools import chain, islice, repeat
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+from matgrad._errors import ShapeError
+from matgrad.backends.base import Axis, Backend, Index, Operand
+
+__all__ = ["Matrix", "PythonBackend", "dot_products"]
+
+_INF = math.inf
+_NAN = math.nan
+_mul = operator.mul
+
+
+class Matrix:
+    """A dense row-major matrix: ``nrows x ncols`` floats (or ints) in one flat list."""
+
+    __slots__ = ("data", "dtype", "ncols", "nrows")
+
+    def __init__(self, nrows: int, ncols: int, data: list[Any], dtype: str = "float64") -> None:
+        if nrows < 1 or ncols < 1 or len(data) != nrows * ncols:
+            raise ShapeError(
+                f"Matrix({nrows}, {ncols}, data): needs nrows, ncols >= 1 and "
+                f"len(data) == nrows * ncols = {nrows * ncols}, got {len(data)}"
+            )
+        self.nrows = nrows
+        self.ncols = ncols
+        self.data = data
+        self.dtype = dtype
+
+    @classmethod
+    def _wrap(cls, nrows: int, ncols: int, data: list[Any], dtype: str) -> Matrix:
+        """Build without validation; ``data`` is already the right length and dtype."""
+        m = cls.__new__(cls)
+        m.nrows = nrows
+        m.ncols = ncols
+        m.data = data
+        m.dtype = dtype
+        return m
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.nrows, self.ncols)
+
+    def get(self, row: int, col: int) -> Any:
+        """Element ``(row, col)``: ``data[row * ncols + col]``."""
+        if not (0 <= row < self.nrows and 0 <= col < self.ncols):
+            raise IndexError(f"Matrix.get({row}, {col}) out of range for shape {self.shape}")
+        return self.data[row * self.ncols + col]
+
+    def row(self, i: int) -> list[Any]:
+        """Row ``i`` as a new list (one contiguous slice of the flat buffer)."""
+        n = self.ncols
+        return self.data[i * n : (i + 1) * n]
+
+    def col(self, j: int) -> list[Any]:
+        """Column ``j`` as a new list (a strided slice of the flat buffer)."""
+        return self.data[j :: self.ncols]
+
+    def rows(self) -> list[list[Any]]:
+        n = self.ncols
+        d = self.data
+        return [d[i : i + n] for i in range(0, len(d), n)]
+
+    def __repr__(self) -> str:
+        return f"Matrix({self.nrows}, {self.ncols}, <{len(self.data)} values>, dtype={self.dtype!r})"
+
+
+# -- IEEE-754 semantics where Python raises ---------------------------------------------------
+
+
+def _safe_exp(x: float) -> float:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return _INF
+
+
+def _safe_log(x: float) -> float:
+    try:
+        return math.log(x)
+    except ValueError:
+        return -_INF if x == 0 else _NAN
+
+
+def _safe_log1p(x: float) -> float:
+    try:
+        return math.log1p(x)
+    except ValueError:
+        return -_INF if x == -1 else _NAN
+
+
+def _safe_sqrt(x: float) -> float:
+    try:
+        return math.sqrt(x)
+    except ValueError:
+        return _NAN
+
+
+def _safe_div(x: float, y: float) -> float:
+    try:
+        return x / y
+    except ZeroDivisionError:
+        if x != x or x == 0:
+            return _NAN
+        return math.copysign(_INF, x) * math.copysign(1.0, y)
+
+
+def _odd_integer(y: float) -> bool:
+    return y == int(y) and int(y) % 2 == 1 if math.isfinite(y) else False
+
+
+def _safe_pow(x: float, y: float) -> float:
+    try:
+        return math.pow(x, y)
+    except OverflowError:
+        return -_INF if x < 0 and _odd_integer(y) else _INF
+    except ValueError:
+        if x == 0 and y < 0:
+            return math.copysign(_INF, x) if _odd_integer(y) else _INF
+        return _NAN
+
+
+def _sigmoid(x: float) -> float:
+    # Two branches so exp never overflows: written as 1/(1+exp(-x)), sigmoid(-1000) overflows.
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = _safe_exp(x)
+    return e / (1.0 + e)
+
+
+def _sign(x: float) -> float:
+    if x > 0:
+        return 1.0
+    if x < 0:
+        return -1.0
+    return x  # 0.0, -0.0 and nan map to themselves, as numpy.sign
+
+
+def _maximum(x: float, y: float) -> float:
+    return x if x >= y or x != x else y  # nan propagates from either side, as numpy.maximum
+
+
+def _minimum(x: float, y: float) -> float:
+    return x if x <= y or x != x else y
+
+
+def _map_safe(fast: Callable[[float], float], safe: Callable[[float], float], xs: list[float]) -> list[float]:
+    """``map(fast)``, redone with the IEEE-safe version only when ``fast`` raised."""
+    try:
+        return list(map(fast, xs))
+    except (ValueError, OverflowError, ZeroDivisionError):
+        return list(map(safe, xs))
+
+
+_UNARY: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "neg": (operator.neg, operator.neg),
+    "exp": (math.exp, _safe_exp),
+    "log": (math.log, _safe_log),
+    "log1p": (math.log1p, _safe_log1p),
+    "sqrt": (math.sqrt, _safe_sqrt),
+    "abs": (abs, abs),
+    "sign": (_sign, _sign),
+    "tanh": (math.tanh, math.tanh),
+    "sigmoid": (_sigmoid, _sigmoid),
+}
+
+_BINARY: dict[str, tuple[Callable[[Any, Any], Any], Callable[[Any, Any], Any]]] = {
+    "add": (operator.add, operator.add),
+    "sub": (operator.sub, operator.sub),
+    "mul": (operator.mul, operator.mul),
+    "div": (operator.truediv, _safe_div),
+    "pow": (math.pow, _safe_pow),
+    "maximum": (_maximum, _maximum),
+    "minimum": (_minimum, _minimum),
+}
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "lt": operator.lt,
+    "le": operator.le,
+    "gt": operator.gt,
+    "ge": operator.ge,
+}
+
+
+def _finish(nrows: int, ncols: int, values: list[Any], dtype: str) -> Matrix:
+    """Wrap kernel output, rounding to float32 when that is the dtype."""
+    if dtype == "float32":
+        values = array("f", values).tolist()
+    return Matrix._wrap(nrows, ncols, values, dtype)
+
+
+def _expand(x: Matrix | float, nrows: int, ncols: int) -> Iterable[Any]:
+    """The values of ``x`` broadcast to ``nrows x ncols``, row-major (possibly an endless iterator)."""
+    if not isinstance(x, Matrix):
+        return repeat(x)
+    if x.nrows == nrows and x.ncols == ncols:
+        return x.data
+    if x.nrows == 1 and x.ncols == 1:
+        return repeat(x.data[0])
+    if x.nrows == 1:  # (1, n): the row, repeated for every row
+        return x.data * nrows
+    # (m, 1): each value repeated across its row
+    return chain.from_iterable(map(repeat, x.data, repeat(ncols)))
+
+
+def _materialise(values: Iterable[Any], size: int) -> list[Any]:
+    return values if isinstance(values, list) else list(islice(values, size))
+
+
+def _out_shape(a: Matrix | float, b: Matrix | float) -> tuple[int, int, str]:
+    if isinstance(a, Matrix):
+        if isinstance(b, Matrix):
+            return max(a.nrows, b.nrows), max(a.ncols, b.ncols), a.dtype
+        return a.nrows, a.ncols, a.dtype
+    assert isinstance(b, Matrix), "a kernel needs at least one matrix operand"
+    return b.nrows, b.ncols, b.dtype
+
+
+def dot_products(lefts: Sequence[list[float]], rights: Sequence[list[float]]) -> list[float]:
+    """``[l . r for l in lefts for r in rights]``, row-major: the inner loop of matmul.
+
+    Each dot product is one C call. On Python 3.12+ that is ``math.sumprod``. Before it, the
+    fastest C helper is ``math.dist`` with the polarisation identity on unit vectors:
+    ``a . b = |a| |b| (1 - |a_hat - b_hat|^2 / 2)``. Normalising first keeps the rounding error
+    near ``eps * |a| |b|`` (the error of an ordinary dot product) whatever the norms; written
+    unnormalised, ``(|a|^2 + |b|^2 - |a - b|^2) / 2`` loses accuracy when ``|a| >> |b|``.
+    Rows or columns that are not finite, or so tiny that ``1/|a|`` overflows, take the plain
+    ``sum(map(mul, ...))`` path so NaN and Inf propagate exactly as in IEEE arithmetic.
+    ``benchmarks/matmul_python.py`` measures these strategies side by side.
+    """
+    if _SUMPROD is not None:
+        sumprod = _SUMPROD
+        return [sumprod(r, c) for r in lefts for c in rights]
+    hypot = math.hypot
+    dist = math.dist
+    k = len(rights[0])
+    norms = [hypot(*c) for c in rights]
+    if not all(1e-300 < x < _INF or x == 0.0 for x in norms):
+        return [sum(map(_mul, r, c)) for r in lefts for c in rights]
+    units = [list(map(_mul, c, repeat(1.0 / x, k))) if x else c for c, x in zip(rights, norms)]
+    halves = [0.5 * x for x in norms]
+    out: list[float] = []
+    extend = out.extend
+    for r in lefts:
+        nr = hypot(*r)
+        if 1e-300 < nr < _INF:
+            ru = list(map(_mul, r, repeat(1.0 / nr, k)))
+            extend([nr * (h * (2.0 - d * d)) for h, d in zip(halves, map(dist, repeat(ru), units))])
+        elif nr == 0.0:
+            extend(repeat(0.0, len(rights)))
+        else:
+            extend([sum(map(_mul, r, c)) for c in rights])
+    return out
+
+
+_SUMPROD: Callable[[Sequence[float], Sequence[float]], float] | None = getattr(math, "sumprod", None)
+
+
+def _index_list(index: Index, size: int) -> list[int] | range:
+    return range(size)[index] if isinstance(index, slice) else index
+
+
+class PythonBackend(Backend):
+    """Kernels over ``Matrix``; every loop the interpreter runs is per row or per output."""
+
+    name = "python"
+
+    def __init__(self) -> None:
+        self._rng = random.Random(0)
+
+    # -- construction and conversion ---------------------------------------------------------
+    def from_rows(self, rows: Sequence[Sequence[Any]], dtype: str) -> Matrix:
+        flat = list(chain.from_iterable(rows))
+        values = list(map(int, flat)) if dtype == "int64" else list(map(float, flat))
+        return _finish(len(rows), len(rows[0]), values, dtype)
+
+    def from_array(self, array_: Any, dtype: str) -> Matrix:
+        return self.from_rows(array_.tolist(), dtype)
+
+    def full(self, nrows: int, ncols: int, value: float, dtype: str) -> Matrix:
+        v = int(value) if dtype == "int64" else float(value)
+        return _finish(nrows, ncols, [v] * (nrows * ncols), dtype)
+
+    def eye(self, nrows: int, ncols: int, dtype: str) -> Matrix:
+        zero, one = (0, 1) if dtype == "int64" else (0.0, 1.0)
+        data = [zero] * (nrows * ncols)
+        for i in range(min(nrows, ncols)):
+            data[i * ncols + i] = one
+        return Matrix._wrap(nrows, ncols, data, dtype)
+
+    def seed(self, seed: int) -> None:
+        self._rng.seed(seed)
+
+    def uniform(self, nrows: int, ncols: int, low: float, high: float, dtype: str) -> Matrix:
+        r = self._rng.random
+        span = high - low
+        return _finish(nrows, ncols, [low + span * r() for _ in range(nrows * ncols)], dtype)
+
+    def normal(self, nrows: int, ncols: int, mean: float, std: float, dtype: str) -> Matrix:
+        g = self._rng.gauss
+        return _finish(nrows, ncols, [g(mean, std) for _ in range(nrows * ncols)], dtype)
+
+    def permutation(self, n: int) -> list[int]:
+        order = list(range(n))
+        self._rng.shuffle(order)
+        return order
+
+    def tolist(self, a: Matrix) -> list[list[Any]]:
+        return a.rows()
+
+    def to_numpy(self, a: Matrix) -> Any:
+        import numpy  # only here, on explicit request: the backend itself never needs it
+
+        return numpy.array(a.data, dtype=a.dtype).reshape(a.nrows, a.ncols)
+
+    def dtype(self, a: Matrix) -> str:
+        return a.dtype
+
+    def astype(self, a: Matrix, dtype: str) -> Matrix:
+        if dtype == "int64":
+            return Matrix._wrap(a.nrows, a.ncols, list(map(int, a.data)), dtype)
+        return _finish(a.nrows, a.ncols, list(map(float, a.data)), dtype)
+
+    def copy(self, a: Matrix) -> Matrix:
+        return Matrix._wrap(a.nrows, a.ncols, list(a.data), a.dtype)
+
+    def assign(self, a: Matrix, b: Operand) -> None:
+        values = _materialise(_expand(b, a.nrows, a.ncols), a.nrows * a.ncols)
+        a.data[:] = _finish(a.nrows, a.ncols, values, a.dtype).data
+
+    def axpy(self, a: Matrix, b: Matrix, alpha: float) -> None:
+        ys = _expand(b, a.nrows, a.ncols)
+        values = list(map(operator.add, a.data, map(_mul, ys, repeat(alpha))))
+        a.data[:] = _finish(a.nrows, a.ncols, values, a.dtype).data
+
+    # -- element-wise ------------------------------------------------------------------------
+    def _binary(self, op: str, a: Operand, b: Operand) -> Matrix:
+        nrows, ncols, dtype = _out_shape(a, b)
+        xs = _expand(a, nrows, ncols)
+        ys = _expand(b, nrows, ncols)
+        fast, safe = _BINARY[op]
+        if fast is safe:
+            return _finish(nrows, ncols, list(map(fast, xs, ys)), dtype)
+        xs, ys = _materialise(xs, nrows * ncols), _materialise(ys, nrows * ncols)
+        try:
+            values = list(map(fast, xs, ys))
+        except (ValueError, OverflowError, ZeroDivisionError):
+            values = list(map(safe, xs, ys))
+        return _finish(nrows, ncols, values, dtype)
+
+    def add(self, a: Operand, b: Operand) -> Matrix:
+        return self._binary("add", a, b)
+
+    def sub(self, a: Operand, b: Operand) -> Matrix:
+        return self._binary("sub", a, b)
+
+    def mul(self, a: Operand, b: Operand) -> Matrix:
+        return self._binary("mul", a, b)
+
+    def div(self, a: Operand, b: Operand) -> Matrix:
+        return self._binary("div", a, b)
+
+    def pow(self, a: Operand, b: Operand) -> Matrix:
+        return self._binary("pow", a, b)
+
+    def maximum(self, a: Operand, b: Operand) -> Matrix:
+        return self._binary("maximum", a, b)
+
+    def minimum(self, a: Operand, b: Operand) -> Matrix:
+        return self._binary("minimum", a, b)
+
+    def compare(self, op: str, a: Operand, b: Operand, out_dtype: str) -> Matrix:
+        nrows, ncols, _ = _out_shape(a, b)
+        flags = map(_COMPARE[op], _expand(a, nrows, ncols), _expand(b, nrows, ncols))
+        return Matrix._wrap(nrows, ncols, list(map(float, flags)), out_dtype)
+
+    def where(self, cond: Matrix, a: Operand, b: Operand) -> Matrix:
+        nrows, ncols = cond.nrows, cond.ncols
+        dtype = a.dtype if isinstance(a, Matrix) else b.dtype if isinstance(b, Matrix) else cond.dtype
+        xs = _expand(a, nrows, ncols)
+        ys = _expand(b, nrows, ncols)
+        values = [x if c else y for c, x, y in zip(cond.data, xs, ys)]
+        return _finish(nrows, ncols, values, dtype)
+
+    def unary(self, op: str, a: Matrix) -> Matrix:
+        fast, safe = _UNARY[op]
+        if a.dtype == "int64":
+            return Matrix._wrap(a.nrows, a.ncols, list(map(fast, a.data)), "int64")
+        return _finish(a.nrows, a.ncols, _map_safe(fast, safe, a.data), a.dtype)
+
+    def all_finite(self, a: Matrix) -> bool:
+        # A finite sum proves every term finite; only otherwise look at each element.
+        return math.isfinite(sum(a.data)) or all(map(math.isfinite, a.data))
+
+    # -- linear algebra and layout ------------------------------------------------------------
+    def matmul(self, a: Matrix, b: Matrix, trans_a: bool = False, trans_b: bool = False) -> Matrix:
+        ad, bd = a.data, b.data
+        if trans_a:  # rows of a.T are the columns of a
+            m, k = a.ncols, a.nrows
+            lefts = [ad[i::m] for i in range(m)]
+        else:
+            m, k = a.nrows, a.ncols
+            lefts = [ad[i * k : (i + 1) * k] for i in range(m)]
+        if trans_b:  # columns of b.T are the rows of b
+            n = b.nrows
+            rights = [bd[j * k : (j + 1) * k] for j in range(n)]
+        else:
+            n = b.ncols
+            rights = [bd[j::n] for j in range(n)]
+        return _finish(m, n, dot_products(lefts, rights), a.dtype)
+
+    def transpose(self, a: Matrix) -> Matrix:
+        d, n = a.data, a.ncols
+        return Matrix._wrap(n, a.nrows, list(chain.from_iterable(d[j::n] for j in range(n))), a.dtype)
+
+    def reshape(self, a: Matrix, nrows: int, ncols: int) -> Matrix:
+        return Matrix._wrap(nrows, ncols, a.data, a.dtype)
+
+    def cat(self, parts: Sequence[Matrix], axis: Literal[0, 1]) -> Matrix:
+        dtype = parts[0].dtype
+        if axis == 0:
+            data = list(chain.from_iterable(p.data for p in parts))
+            return Matrix._wrap(sum(p.nrows for p in parts), parts[0].ncols, data, dtype)
+        nrows = parts[0].nrows
+        rows = [p.rows() for p in parts]
+        data = list(chain.from_iterable(chain.from_iterable(r[i] for r in rows) for i in range(nrows)))
+        return Matrix._wrap(nrows, sum(p.ncols for p in parts), data, dtype)
+
+    # -- reductions ---------------------------------------------------------------------------
+    def _lines(self, a: Matrix, axis: Axis) -> tuple[int, int, list[list[Any]]]:
+        """The groups a reduction folds, and the result's shape."""
+        if axis is None:
+            return 1, 1, [a.data]
+        if axis == 0:
+            n = a.ncols
+            return 1, n, [a.data[j::n] for j in range(n)]
+        return a.nrows, 1, a.rows()
+
+    def sum(self, a: Matrix, axis: Axis) -> Matrix:
+        nrows, ncols, lines = self._lines(a, axis)
+        return _finish(nrows, ncols, list(map(sum, lines)), a.dtype)
+
+    @staticmethod
+    def _extreme(line: list[Any], pick: Callable[[Iterable[Any]], Any]) -> Any:
+        """``max``/``min`` of a line with NaN propagating, as in numpy."""
+        best = pick(line)
+        total = sum(line)
+        if total == total:  # a NaN anywhere would make the sum NaN
+            return best
+        return next((x for x in line if x != x), best)
+
+    def max(self, a: Matrix, axis: Axis) -> Matrix:
+        nrows, ncols, lines = self._lines(a, axis)
+        return Matrix._wrap(nrows, ncols, [self._extreme(ln, max) for ln in lines], a.dtype)
+
+    def min(self, a: Matrix, axis: Axis) -> Matrix:
+        nrows, ncols, lines = self._lines(a, axis)
+        return Matrix._wrap(nrows, ncols, [self._extreme(ln, min) for ln in lines], a.dtype)
+
+    def _arg(self, a: Matrix, axis: Axis, pick: Callable[[Iterable[Any]], Any]) -> Matrix:
+        nrows, ncols, lines = self._lines(a, axis)
+        out = []
+        for ln in lines:
+            best = self._extreme(ln, pick)
+            out.append(next(i for i, x in enumerate(ln) if x != x) if best != best else ln.index(best))
+        return Matrix._wrap(nrows, ncols, out, "int64")
+
+    def argmax(self, a: Matrix, axis: Axis) -> Matrix:
+        return self._arg(a, axis, max)
+
+    def argmin(self, a: Matrix, axis: Axis) -> Matrix:
+        return self._arg(a, axis, min)
+
+    # -- indexing -----------------------------------------------------------------------------
+    def take(self, a: Matrix, rows: Index, cols: Index) -> Matrix:
+        n = a.ncols
+        d = a.data
+        row_ids = _index_list(rows, a.nrows)
+        out: list[Any] = []
+        if isinstance(cols, slice):
+            for i in row_ids:
+                out.extend(d[i * n : (i + 1) * n][cols])
+            ncols = len(range(n)[cols])
+        else:
+            for i in row_ids:
+                out.extend(map(d[i * n : (i + 1) * n].__getitem__, cols))
+            ncols = len(cols)
+        return Matrix._wrap(len(row_ids), ncols, out, a.dtype)
+
+    def take_adjoint(self, g: Matrix, nrows: int, ncols: int, rows: Index, cols: Index) -> Matrix:
+        zero = 0 if g.dtype == "int64" else 0.0
+        out = [zero] * (nrows * ncols)
+        col_ids = _index_list(cols, ncols)
+        gd, gn = g.data, g.ncols
+        for gi, i in enumerate(_index_list(rows, nrows)):
+            base = i * ncols
+            grow = gi * gn
+            for gj, j in enumerate(col_ids):
+                out[base + j] += gd[grow + gj]
+        return _finish(nrows, ncols, out, g.dtype)
+
+    def indices(self, a: Matrix) -> list[int]:
+        return a.data
+
+    def pick(self, a: Matrix, rows: list[int] | None, cols: list[int]) -> Matrix:
+        d, n = a.data, a.ncols
+        row_ids = range(a.nrows) if rows is None else rows
+        return Matrix._wrap(len(row_ids), 1, [d[r * n + c] for r, c in zip(row_ids, cols)], a.dtype)
+
+    def pick_adjoint(
+        self, g: Matrix, nrows: int, ncols: int, rows: list[int] | None, cols: list[int]
+    ) -> Matrix:
+        zero = 0 if g.dtype == "int64" else 0.0
+        out = [zero] * (nrows * ncols)
+        for v, r, c in zip(g.data, range(nrows) if rows is None else rows, cols):
+            out[r * ncols + c] += v
+        return _finish(nrows, ncols, out, g.dtype)

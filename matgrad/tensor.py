@@ -1,0 +1,585 @@
+"""``Tensor2D``: a row-major matrix on a backend, and the graph node that records how it was made."""
+
+from __future__ import annotations
+
+import numbers
+from itertools import chain
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
+
+from matgrad import backends as _backends
+from matgrad._errors import DTypeError, GraphError, ShapeError, at_user_site
+from matgrad.backends.base import DTYPES, FLOAT_DTYPES, Backend
+
+if TYPE_CHECKING:
+    from matgrad.autograd import Op
+
+__all__ = [
+    "Tensor2D",
+    "get_default_dtype",
+    "set_default_dtype",
+]
+
+_default_dtype = "float32"
+
+Scalar = Union[int, float]
+
+
+def set_default_dtype(dtype: Any) -> None:
+    """Set the floating dtype new tensors get when none is given (``"float32"`` initially)."""
+    global _default_dtype
+    name = dtype_name(dtype)
+    if name not in FLOAT_DTYPES:
+        raise DTypeError(f"set_default_dtype: the default must be float32 or float64, not {name}")
+    _default_dtype = name
+
+
+def get_default_dtype() -> str:
+    """The floating dtype new tensors get when none is given."""
+    return _default_dtype
+
+
+def dtype_name(dtype: Any) -> str:
+    """``"float32"``, ``"float64"`` or ``"int64"`` from a name, a NumPy dtype or a NumPy type."""
+    if dtype is None:
+        return _default_dtype
+    name = dtype if isinstance(dtype, str) else getattr(dtype, "name", None) or getattr(dtype, "__name__", None)
+    if name not in DTYPES:
+        raise DTypeError(f"unknown dtype {dtype!r}; use 'float32', 'float64' or 'int64'")
+    return str(name)
+
+
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "ndim") and hasattr(x, "dtype") and hasattr(x, "tolist")
+
+
+def _reject_element(v: Any, where: str) -> None:
+    """Raise the error that fits a non-numeric element."""
+    if isinstance(v, bool):
+        raise TypeError(f"Tensor2D: element {where} is a bool; write 1.0 or 0.0 (or float(flag))")
+    if isinstance(v, complex):
+        raise TypeError(f"Tensor2D: element {where} is complex; matgrad holds real numbers only")
+    if isinstance(v, (list, tuple)):
+        raise ShapeError(f"Tensor2D: element {where} is a {type(v).__name__}: data has more than 2 dimensions")
+    raise TypeError(f"Tensor2D: element {where} is a {type(v).__name__} ({v!r}), not a number")
+
+
+def _validate_rows(data: Sequence[Any]) -> Sequence[Sequence[Any]]:
+    """Check that ``data`` is a non-empty, rectangular list of rows of real numbers."""
+    if len(data) == 0:
+        raise ShapeError("Tensor2D: empty list; a matrix needs at least one row and one column")
+    if not all(isinstance(r, (list, tuple)) for r in data):
+        if all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in data):
+            raise ShapeError(
+                f"Tensor2D: got a flat list of {len(data)} numbers, but a matrix is a list of rows; "
+                "write [[1, 2, 3]] for a 1xn row or [[1], [2], [3]] for an nx1 column"
+            )
+        bad = next(i for i, r in enumerate(data) if not isinstance(r, (list, tuple)))
+        raise ShapeError(f"Tensor2D: row {bad} is a {type(data[bad]).__name__}, not a list of numbers")
+    ncols = len(data[0])
+    if ncols == 0:
+        raise ShapeError("Tensor2D: row 0 is empty; a matrix needs at least one column")
+    for i, row in enumerate(data):
+        if len(row) != ncols:
+            raise ShapeError(
+                f"Tensor2D: ragged rows: row 0 has {ncols} values but row {i} has {len(row)}; "
+                "every row needs the same length"
+            )
+    kinds = set(map(type, chain.from_iterable(data)))
+    if not kinds <= {float, int}:
+        for i, row in enumerate(data):
+            for j, v in enumerate(row):
+                if type(v) not in (float, int) and (
+                    isinstance(v, bool) or not isinstance(v, numbers.Real)
+                ):
+                    _reject_element(v, f"[{i}][{j}]")
+    return data
+
+
+def _validate_array(a: Any) -> None:
+    if a.ndim != 2:
+        hint = (
+            "; use .reshape(1, -1) for a row or .reshape(-1, 1) for a column"
+            if a.ndim == 1
+            else ""
+        )
+        raise ShapeError(f"Tensor2D: expected a 2-D array, got {a.ndim}-D with shape {tuple(a.shape)}{hint}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ShapeError(
+            f"Tensor2D: the array is {a.shape[0]}x{a.shape[1]}; a matrix needs at least one row and one column"
+        )
+    kind = a.dtype.kind
+    if kind == "b":
+        raise TypeError("Tensor2D: a bool array is not numeric data; convert it with .astype(float)")
+    if kind == "c":
+        raise TypeError("Tensor2D: a complex array; matgrad holds real numbers only")
+    if kind not in "iuf":
+        raise TypeError(f"Tensor2D: an array of dtype {a.dtype} is not numeric")
+
+
+def _require_finite(backend: Backend, data: Any) -> None:
+    """int64 has no NaN or Inf: refuse them before converting."""
+    if not backend.all_finite(data):
+        raise DTypeError("cannot convert NaN or Inf to int64")
+
+
+def _convert(data: Any, backend: Backend, dtype: str) -> Any:
+    """Native storage on ``backend`` for user data, validated."""
+    if isinstance(data, Tensor2D):
+        src = data._backend
+        if dtype == "int64" and data.dtype != "int64":
+            _require_finite(src, data._data)
+        if src is backend:
+            return backend.astype(data._data, dtype)
+        return backend.from_rows(src.tolist(data._data), dtype)
+    if isinstance(data, bool):
+        raise TypeError("Tensor2D: a bool is not numeric data; use 1.0 or 0.0")
+    if isinstance(data, numbers.Real):
+        if dtype == "int64" and not (float(data) == float(data) and abs(float(data)) != float("inf")):
+            raise DTypeError("cannot convert NaN or Inf to int64")
+        return backend.full(1, 1, data, dtype)  # type: ignore[arg-type]
+    if isinstance(data, complex):
+        raise TypeError("Tensor2D: complex numbers are not supported; matgrad holds real numbers only")
+    if _is_array(data):
+        _validate_array(data)
+        out = backend.from_array(data, dtype)
+        if dtype == "int64" and data.dtype.kind == "f":
+            _require_finite(backend, backend.from_array(data, "float64"))
+        return out
+    if isinstance(data, (list, tuple)):
+        rows = _validate_rows(data)
+        if dtype == "int64":
+            _require_finite(backend, backend.from_rows(rows, "float64"))
+        return backend.from_rows(rows, dtype)
+    raise TypeError(
+        f"Tensor2D: cannot make a matrix from {type(data).__name__}; pass a list of rows, "
+        "a 2-D NumPy array, a number or a Tensor2D"
+    )
+
+
+_object_new = object.__new__
+
+
+class Tensor2D:
+    """A 2-D matrix that remembers the op and the inputs that produced it.
+
+    ``Tensor2D(data, requires_grad=False, dtype=None, backend=None, name=None)``: ``data`` is a
+    list of rows, a 2-D NumPy array, a Python number (a 1x1 matrix) or another ``Tensor2D``;
+    ``dtype`` is ``"float32"`` (the default), ``"float64"`` or ``"int64"``; ``backend`` is
+    ``"numpy"`` or ``"python"`` (default: ``matgrad.get_backend()``).
+    """
+
+    __slots__ = ("__weakref__", "_backend", "_data", "_op", "_retain", "grad", "name", "requires_grad")
+
+    # NumPy defers to our reflected operators (ndarray + Tensor2D calls Tensor2D.__radd__).
+    __array_ufunc__ = None
+
+    _backend: Backend
+    _data: Any
+    _op: Op | None
+    _retain: bool
+    grad: Tensor2D | None
+    name: str | None
+    requires_grad: bool
+
+    def __init__(
+        self,
+        data: Any,
+        requires_grad: bool = False,
+        dtype: Any = None,
+        backend: str | Backend | None = None,
+        name: str | None = None,
+    ) -> None:
+        be = _backends.get(backend)
+        dt = dtype_name(dtype)
+        self._data = _convert(data, be, dt)
+        self._backend = be
+        self._op = None
+        self._retain = False
+        self.grad = None
+        self.name = name
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    # -- attributes ---------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(nrows, ncols)``."""
+        shape: tuple[int, int] = self._data.shape
+        return shape
+
+    @property
+    def nrows(self) -> int:
+        return int(self._data.shape[0])
+
+    @property
+    def ncols(self) -> int:
+        return int(self._data.shape[1])
+
+    @property
+    def dtype(self) -> str:
+        """``"float32"``, ``"float64"`` or ``"int64"``."""
+        return self._backend.dtype(self._data)
+
+    @property
+    def backend(self) -> str:
+        """The name of the backend holding the data: ``"numpy"`` or ``"python"``."""
+        return self._backend.name
+
+    @property
+    def is_leaf(self) -> bool:
+        """True for tensors the user made (no op recorded them)."""
+        return self._op is None
+
+    @property
+    def op(self) -> Op | None:
+        """The op that produced this tensor, or None for a leaf."""
+        return self._op
+
+    grad_fn = op
+
+    @property
+    def inputs(self) -> tuple[Tensor2D, ...]:
+        """The op's inputs, in order (empty for a leaf)."""
+        return self._op.inputs if self._op is not None else ()
+
+    @property
+    def T(self) -> Tensor2D:
+        """The transpose."""
+        return _ops.transpose(self)
+
+    # -- conversion ---------------------------------------------------------------------------
+    def tolist(self) -> list[list[Any]]:
+        """Nested Python lists, one per row."""
+        return self._backend.tolist(self._data)
+
+    def numpy(self) -> Any:
+        """A NumPy array (sharing memory on the numpy backend, a copy on the python one)."""
+        return self._backend.to_numpy(self._data)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        arr = self.numpy()
+        return arr if dtype is None else arr.astype(dtype)
+
+    def item(self) -> Any:
+        """The single value of a 1x1 tensor, as a Python number."""
+        if self.shape != (1, 1):
+            raise ShapeError(
+                at_user_site(f"item: needs a 1x1 tensor, this one is {self.nrows}x{self.ncols}; reduce it first (.sum(), .mean())")
+            )
+        return self._backend.tolist(self._data)[0][0]
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __bool__(self) -> bool:
+        if self.shape != (1, 1):
+            raise ShapeError(
+                at_user_site(
+                    f"the truth value of a {self.nrows}x{self.ncols} tensor is ambiguous; "
+                    "reduce it first, e.g. (a == b).min().item() == 1"
+                )
+            )
+        return bool(self.item())
+
+    def to(self, dtype: Any = None, backend: str | Backend | None = None) -> Tensor2D:
+        """This tensor converted to another dtype and/or backend (differentiable for floats)."""
+        return _ops.to(self, dtype, backend)
+
+    def float(self) -> Tensor2D:
+        """``to("float32")``."""
+        return _ops.to(self, "float32", None)
+
+    def double(self) -> Tensor2D:
+        """``to("float64")``."""
+        return _ops.to(self, "float64", None)
+
+    def long(self) -> Tensor2D:
+        """``to("int64")`` (truncates toward zero; not differentiable)."""
+        return _ops.to(self, "int64", None)
+
+    # -- autograd -----------------------------------------------------------------------------
+    def backward(
+        self, grad: Tensor2D | None = None, retain_graph: bool | None = None, create_graph: bool = False
+    ) -> None:
+        """Accumulate ``d self / d leaf`` into the ``.grad`` of every leaf that requires grad.
+
+        A 1x1 output is seeded with 1; any other needs ``grad`` of its own shape. The graph's saved
+        buffers are released afterwards unless ``retain_graph=True`` (default: ``create_graph``);
+        ``create_graph=True`` records the backward pass itself, for higher-order gradients.
+        """
+        _autograd.backward(self, grad, retain_graph, create_graph)
+
+    def detach(self) -> Tensor2D:
+        """A new leaf sharing this tensor's data, cut from the graph."""
+        return _wrap(self._data, self._backend)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor2D:
+        """Set ``requires_grad`` in place on a leaf; returns ``self``."""
+        if self._op is not None and not requires_grad:
+            raise GraphError(
+                at_user_site("requires_grad_(False) on a non-leaf tensor; use .detach() to cut it from the graph")
+            )
+        if requires_grad and self.dtype not in FLOAT_DTYPES:
+            raise DTypeError(
+                at_user_site(f"only floating tensors can require grad, this one is {self.dtype}; convert with .float()")
+            )
+        self.requires_grad = bool(requires_grad)
+        return self
+
+    def retain_grad(self) -> Tensor2D:
+        """Keep ``.grad`` on this non-leaf tensor after backward (leaves keep it anyway)."""
+        if not self.requires_grad:
+            raise GraphError(at_user_site("retain_grad on a tensor that does not require grad"))
+        self._retain = True
+        return self
+
+    def clone(self) -> Tensor2D:
+        """A copy with its own storage; gradients flow through it."""
+        return _ops.clone(self)
+
+    # -- in place (optimisers and initialisers, under no_grad) --------------------------------
+    def _check_inplace(self, name: str) -> None:
+        if self.requires_grad and _autograd._grad_enabled:
+            raise GraphError(
+                at_user_site(
+                    f"{name}: in-place change of a tensor that requires grad while the graph is being "
+                    "recorded; do it under `with matgrad.no_grad():`"
+                )
+            )
+
+    def copy_(self, src: Tensor2D | Scalar) -> Tensor2D:
+        """Overwrite the values with ``src`` (same shape, or broadcast); returns ``self``."""
+        self._check_inplace("copy_")
+        _ops.check_inplace_operand("copy_", self, src)
+        self._backend.assign(self._data, src._data if isinstance(src, Tensor2D) else float(src))
+        return self
+
+    def add_(self, other: Tensor2D | Scalar, alpha: float = 1.0) -> Tensor2D:
+        """``self += alpha * other`` in place; returns ``self``."""
+        self._check_inplace("add_")
+        _ops.check_inplace_operand("add_", self, other)
+        be = self._backend
+        if isinstance(other, Tensor2D):
+            be.axpy(self._data, other._data, float(alpha))
+        else:
+            be.assign(self._data, be.add(self._data, float(alpha) * float(other)))
+        return self
+
+    def mul_(self, factor: Tensor2D | Scalar) -> Tensor2D:
+        """``self *= factor`` in place; returns ``self``."""
+        self._check_inplace("mul_")
+        _ops.check_inplace_operand("mul_", self, factor)
+        be = self._backend
+        be.assign(self._data, be.mul(self._data, factor._data if isinstance(factor, Tensor2D) else float(factor)))
+        return self
+
+    def zero_(self) -> Tensor2D:
+        """Set every value to 0 in place; returns ``self``."""
+        self._check_inplace("zero_")
+        self._backend.assign(self._data, 0.0)
+        return self
+
+    # -- operators ----------------------------------------------------------------------------
+    def __add__(self, other: Any) -> Tensor2D:
+        return _ops.add(self, other)
+
+    def __radd__(self, other: Any) -> Tensor2D:
+        return _ops.add(other, self)
+
+    def __sub__(self, other: Any) -> Tensor2D:
+        return _ops.sub(self, other)
+
+    def __rsub__(self, other: Any) -> Tensor2D:
+        return _ops.sub(other, self)
+
+    def __mul__(self, other: Any) -> Tensor2D:
+        return _ops.mul(self, other)
+
+    def __rmul__(self, other: Any) -> Tensor2D:
+        return _ops.mul(other, self)
+
+    def __truediv__(self, other: Any) -> Tensor2D:
+        return _ops.div(self, other)
+
+    def __rtruediv__(self, other: Any) -> Tensor2D:
+        return _ops.div(other, self)
+
+    def __matmul__(self, other: Any) -> Tensor2D:
+        return _ops.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor2D:
+        return _ops.matmul(other, self)
+
+    def __pow__(self, exponent: Any) -> Tensor2D:
+        return _ops.pow(self, exponent)
+
+    def __rpow__(self, base: Any) -> Tensor2D:
+        return _ops.rpow(base, self)
+
+    def __neg__(self) -> Tensor2D:
+        return _ops.neg(self)
+
+    def __pos__(self) -> Tensor2D:
+        return self
+
+    def __abs__(self) -> Tensor2D:
+        return _ops.abs(self)
+
+    def __eq__(self, other: Any) -> Tensor2D:  # type: ignore[override]
+        return _ops.compare("eq", self, other)
+
+    def __ne__(self, other: Any) -> Tensor2D:  # type: ignore[override]
+        return _ops.compare("ne", self, other)
+
+    def __lt__(self, other: Any) -> Tensor2D:
+        return _ops.compare("lt", self, other)
+
+    def __le__(self, other: Any) -> Tensor2D:
+        return _ops.compare("le", self, other)
+
+    def __gt__(self, other: Any) -> Tensor2D:
+        return _ops.compare("gt", self, other)
+
+    def __ge__(self, other: Any) -> Tensor2D:
+        return _ops.compare("ge", self, other)
+
+    __hash__ = object.__hash__
+
+    def __getitem__(self, key: Any) -> Tensor2D:
+        return _ops.index(self, key)
+
+    def __len__(self) -> int:
+        return self.nrows
+
+    def __iter__(self) -> Iterator[Tensor2D]:
+        for i in range(self.nrows):
+            yield _ops.index(self, i)
+
+    # -- methods mirroring the functions in matgrad.ops and matgrad.functional ---------------
+    def matmul(self, other: Tensor2D) -> Tensor2D:
+        return _ops.matmul(self, other)
+
+    def pow(self, exponent: float) -> Tensor2D:
+        return _ops.pow(self, exponent)
+
+    def exp(self) -> Tensor2D:
+        return _ops.exp(self)
+
+    def log(self) -> Tensor2D:
+        return _ops.log(self)
+
+    def sqrt(self) -> Tensor2D:
+        return _ops.sqrt(self)
+
+    def abs(self) -> Tensor2D:
+        return _ops.abs(self)
+
+    def transpose(self) -> Tensor2D:
+        return _ops.transpose(self)
+
+    t = transpose
+
+    def reshape(self, nrows: int, ncols: int) -> Tensor2D:
+        return _ops.reshape(self, nrows, ncols)
+
+    def sum(self, axis: int | None = None) -> Tensor2D:
+        return _ops.sum(self, axis)
+
+    def mean(self, axis: int | None = None) -> Tensor2D:
+        return _ops.mean(self, axis)
+
+    def max(self, axis: int | None = None) -> Tensor2D:
+        return _ops.max(self, axis)
+
+    def min(self, axis: int | None = None) -> Tensor2D:
+        return _ops.min(self, axis)
+
+    def argmax(self, axis: int | None = None) -> Tensor2D:
+        return _ops.argmax(self, axis)
+
+    def argmin(self, axis: int | None = None) -> Tensor2D:
+        return _ops.argmin(self, axis)
+
+    def relu(self) -> Tensor2D:
+        return _ops.relu(self)
+
+    def leaky_relu(self, negative_slope: float = 0.01) -> Tensor2D:
+        return _ops.leaky_relu(self, negative_slope)
+
+    def sigmoid(self) -> Tensor2D:
+        return _ops.sigmoid(self)
+
+    def tanh(self) -> Tensor2D:
+        return _ops.tanh(self)
+
+    def softmax(self, axis: int = 1) -> Tensor2D:
+        return _ops.softmax(self, axis)
+
+    def log_softmax(self, axis: int = 1) -> Tensor2D:
+        return _ops.log_softmax(self, axis)
+
+    def logsumexp(self, axis: int = 1) -> Tensor2D:
+        return _ops.logsumexp(self, axis)
+
+    # -- display ------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        body = _format_rows(self, len("Tensor2D("))
+        extras = [f"shape={self.nrows}x{self.ncols}", f"dtype={self.dtype}", f"backend={self.backend}"]
+        if self._op is not None:
+            extras.append(f"grad_fn={self._op.describe()}")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
+        if self.name:
+            extras.append(f"name={self.name!r}")
+        return f"Tensor2D({body}, {', '.join(extras)})"
+
+
+def _format_rows(t: Tensor2D, indent: int) -> str:
+    """The values as an aligned nested list, summarised with ``...`` past 6 rows or columns."""
+    be = t._backend
+
+    def shown(n: int) -> list[int] | slice:
+        return slice(None) if n <= 6 else [0, 1, 2, n - 3, n - 2, n - 1]
+
+    rsel, csel = shown(t.nrows), shown(t.ncols)
+    rows = be.tolist(be.take(t._data, rsel, csel))
+    integer = t.dtype == "int64"
+
+    def number(v: Any) -> str:
+        if integer:
+            return str(v)
+        text = f"{v:.4g}"
+        return text if any(ch in text for ch in ".eni") else text + "."  # 8. like NumPy; keep nan, inf
+
+    def cells(row: list[Any]) -> list[str]:
+        text = [number(v) for v in row]
+        return text if isinstance(csel, slice) else [*text[:3], "...", *text[3:]]
+
+    table: list[list[str] | None] = [cells(r) for r in rows]
+    if not isinstance(rsel, slice):
+        table.insert(3, None)
+    width = max(len(c) for r in table if r is not None for c in r)
+    lines = ["..." if r is None else "[" + ", ".join(c.rjust(width) for c in r) + "]" for r in table]
+    return "[" + (",\n" + " " * (indent + 1)).join(lines) + "]"
+
+
+def _wrap(data: Any, backend: Backend) -> Tensor2D:
+    """A fresh leaf around native ``data`` (no validation: for ops and backends only)."""
+    t = _object_new(Tensor2D)
+    t._data = data
+    t._backend = backend
+    t._op = None
+    t._retain = False
+    t.grad = None
+    t.name = None
+    t.requires_grad = False
+    return t
+
+
+# Bound last: these modules import Tensor2D from here.
+from matgrad import autograd as _autograd  # noqa: E402
+from matgrad import ops as _ops  # noqa: E402
