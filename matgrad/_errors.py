@@ -9,6 +9,8 @@ __all__ = [
     "AnomalyError",
     "ArgumentError",
     "BackendError",
+    "CheckpointError",
+    "DataError",
     "DTypeError",
     "GradcheckError",
     "GraphError",
@@ -38,6 +40,14 @@ class DTypeError(MatgradError, TypeError):
 
 class BackendError(MatgradError):
     """An unknown or unavailable backend, or an op that mixes tensors of two backends."""
+
+
+class CheckpointError(MatgradError, ValueError):
+    """A checkpoint file is malformed, hostile or does not fit the model."""
+
+
+class DataError(MatgradError, ValueError):
+    """A data file is missing, truncated, corrupted or fails its checksum."""
 
 
 class GraphError(MatgradError, RuntimeError):

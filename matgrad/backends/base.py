@@ -49,6 +49,13 @@ class Backend(ABC):
         """A matrix from a validated 2-D array (anything with ``tolist()``), copied."""
 
     @abstractmethod
+    def from_uint8(self, buffer: bytes, nrows: int, ncols: int, divisor: float, dtype: str) -> Data:
+        """A matrix from raw unsigned bytes (row-major), each divided by ``divisor``.
+
+        How image data enters (MNIST pixels with ``divisor = 255``); for int64, ``divisor`` is 1.
+        """
+
+    @abstractmethod
     def full(self, nrows: int, ncols: int, value: float, dtype: str) -> Data:
         """An ``nrows x ncols`` matrix filled with ``value``."""
 

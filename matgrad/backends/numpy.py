@@ -56,6 +56,14 @@ class NumpyBackend(Backend):
     def from_array(self, array_: Any, dtype: str) -> Any:
         return self.xp.array(array_, dtype=self._dtypes[dtype], order="C", copy=True)
 
+    def from_uint8(self, buffer: bytes, nrows: int, ncols: int, divisor: float, dtype: str) -> Any:
+        xp = self.xp
+        raw = xp.frombuffer(buffer, dtype=xp.uint8, count=nrows * ncols).reshape(nrows, ncols)
+        out = raw.astype(self._dtypes[dtype])
+        if divisor != 1:
+            out /= out.dtype.type(divisor)
+        return out
+
     def full(self, nrows: int, ncols: int, value: float, dtype: str) -> Any:
         return self.xp.full((nrows, ncols), value, dtype=self._dtypes[dtype])
 
