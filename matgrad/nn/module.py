@@ -1,0 +1,415 @@
+"""``Parameter`` and ``Module``: the base of every layer, as PyTorch's ``torch.nn.Module``.
+
+A ``Module`` registers the ``Parameter`` and ``Module`` objects assigned to its attributes, in
+order, so ``named_parameters()`` and ``state_dict()`` name them ``"0.weight"``, ``"encoder.1.bias"``
+exactly as PyTorch would, and ``load_state_dict`` can read a PyTorch checkpoint of the same model.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections import OrderedDict
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, TypeVar
+
+from matgrad import autograd as _autograd
+from matgrad import backends as _backends
+from matgrad._errors import ArgumentError, CheckpointError, DTypeError, at_user_site
+from matgrad.backends.base import FLOAT_DTYPES
+from matgrad.tensor import Tensor2D, _wrap, dtype_name
+
+__all__ = ["IncompatibleKeys", "Module", "Parameter"]
+
+M = TypeVar("M", bound="Module")
+
+
+class Parameter(Tensor2D):
+    """A ``Tensor2D`` that a ``Module`` registers when it is assigned to one of its attributes.
+
+    ``Parameter(data, requires_grad=True)``: ``data`` is anything ``Tensor2D`` accepts; a
+    ``Tensor2D`` is not copied, the parameter shares its storage (as ``torch.nn.Parameter``).
+    """
+
+    __slots__ = ()
+
+    def __init__(self, data: Any, requires_grad: bool = True) -> None:
+        if isinstance(data, Tensor2D):
+            self._data = data._data
+            self._backend = data._backend
+            self._op = None
+            self._retain = False
+            self.grad = None
+            self.name = data.name
+            self.requires_grad = False
+            if requires_grad:
+                self.requires_grad_(True)
+        else:
+            super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self) -> str:
+        return "Parameter containing:\n" + super().__repr__()
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict(strict=False)`` did not match: ``(missing_keys, unexpected_keys)``."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return f"IncompatibleKeys(missing_keys={self.missing_keys}, unexpected_keys={self.unexpected_keys})"
+
+    def __str__(self) -> str:
+        return self.__repr__()
+
+
+def _addindent(text: str, spaces: int) -> str:
+    """Indent every line but the first by ``spaces`` (blank lines stay empty), as PyTorch's repr."""
+    lines = text.split("\n")
+    if len(lines) == 1:
+        return text
+    pad = " " * spaces
+    return lines[0] + "\n" + "\n".join(pad + line if line.strip() else "" for line in lines[1:])
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _value_shape(key: str, value: Any) -> tuple[int, ...]:
+    """The shape of a state-dict entry: a Tensor2D, or an array (NumPy, PyTorch) with ``shape``."""
+    if isinstance(value, Tensor2D):
+        return value.shape
+    shape = getattr(value, "shape", None)
+    if shape is None or not hasattr(value, "tolist"):
+        raise TypeError(
+            at_user_site(
+                f"load_state_dict: entry {key!r} is a {type(value).__name__}; expected a Tensor2D or a 2-D array"
+            )
+        )
+    return tuple(int(s) for s in shape)
+
+
+def _check_name(kind: str, owner: Module, name: Any) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} name should be a string, got {type(name).__name__}")
+    if name == "" or "." in name:
+        raise KeyError(f'{kind} name can\'t be empty or contain ".", got {name!r}')
+    if "_parameters" not in owner.__dict__:
+        raise AttributeError(f"cannot register a {kind} before Module.__init__() is called")
+
+
+class Module:
+    """Base class of layers and models: subclass it, assign layers and parameters, write ``forward``.
+
+    ``model(x)`` calls ``forward(x)`` with the module pushed onto the autograd scope, so every op
+    recorded inside carries ``op.scope`` (the modules being called, outermost first) for diagrams.
+    """
+
+    training: bool
+    _parameters: dict[str, Parameter | None]
+    _modules: dict[str, Module | None]
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The computation; every subclass defines it."""
+        raise NotImplementedError(f'Module [{self._get_name()}] is missing the required "forward" function')
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        prev = _autograd._scope
+        _autograd._scope = (*prev, self)
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            _autograd._scope = prev
+
+    # -- registration ---------------------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        params = self.__dict__.get("_parameters")
+        modules = self.__dict__.get("_modules")
+        if isinstance(value, Parameter):
+            if params is None:
+                raise AttributeError("cannot assign parameters before Module.__init__() is called")
+            self.__dict__.pop(name, None)
+            if modules is not None:
+                modules.pop(name, None)
+            self.register_parameter(name, value)
+        elif params is not None and name in params:
+            if value is not None:
+                raise TypeError(
+                    f"cannot assign a {type(value).__name__} as parameter {name!r} of {self._get_name()} "
+                    "(Parameter or None expected); wrap it: nn.Parameter(tensor)"
+                )
+            params[name] = None
+        elif isinstance(value, Module):
+            if modules is None:
+                raise AttributeError("cannot assign a module before Module.__init__() is called")
+            self.__dict__.pop(name, None)
+            if params is not None:
+                params.pop(name, None)
+            modules[name] = value
+        elif modules is not None and name in modules:
+            if value is not None:
+                raise TypeError(
+                    f"cannot assign a {type(value).__name__} as child module {name!r} of {self._get_name()} "
+                    "(Module or None expected)"
+                )
+            modules[name] = None
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only when normal lookup fails: parameters and children live in the dicts.
+        d = self.__dict__
+        if "_parameters" in d and name in d["_parameters"]:
+            return d["_parameters"][name]
+        if "_modules" in d and name in d["_modules"]:
+            return d["_modules"][name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __delattr__(self, name: str) -> None:
+        if name in self._parameters:
+            del self._parameters[name]
+        elif name in self._modules:
+            del self._modules[name]
+        else:
+            object.__delattr__(self, name)
+
+    def register_parameter(self, name: str, param: Parameter | None) -> None:
+        """Add ``param`` under ``name`` (``None`` records an absent parameter, such as no bias)."""
+        _check_name("parameter", self, name)
+        taken = name in self.__dict__ or name in self._modules
+        if taken or (hasattr(type(self), name) and name not in self._parameters):
+            raise KeyError(f"attribute {name!r} already exists on {self._get_name()}")
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(
+                f"cannot register a {type(param).__name__} as parameter {name!r} (Parameter or None expected)"
+            )
+        self._parameters[name] = param
+
+    def add_module(self, name: str, module: Module | None) -> None:
+        """Add the child ``module`` under ``name``; it is called and saved as ``name.*``."""
+        _check_name("module", self, name)
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{type(module).__name__} is not a Module subclass")
+        taken = name in self.__dict__ or name in self._parameters
+        if taken or (hasattr(type(self), name) and name not in self._modules):
+            raise KeyError(f"attribute {name!r} already exists on {self._get_name()}")
+        self._modules[name] = module
+
+    register_module = add_module
+
+    # -- traversal ------------------------------------------------------------------------------
+    def named_modules(
+        self, memo: set[int] | None = None, prefix: str = "", remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Module]]:
+        """``(name, module)`` for this module (``""``) and every descendant (``"0"``, ``"encoder.1"``)."""
+        if memo is None:
+            memo = set()
+        if remove_duplicate:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
+        yield prefix, self
+        for name, module in self._modules.items():
+            if module is None:
+                continue
+            yield from module.named_modules(memo, prefix + ("." if prefix else "") + name, remove_duplicate)
+
+    def modules(self) -> Iterator[Module]:
+        """This module and every descendant, each once."""
+        for _, module in self.named_modules():
+            yield module
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        """``(name, module)`` for the direct children, each once."""
+        seen: set[int] = set()
+        for name, module in self._modules.items():
+            if module is not None and id(module) not in seen:
+                seen.add(id(module))
+                yield name, module
+
+    def children(self) -> Iterator[Module]:
+        """The direct children, each once."""
+        for _, module in self.named_children():
+            yield module
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Parameter]]:
+        """``(dotted name, parameter)``; a parameter shared by several modules comes once."""
+        seen: set[int] = set()
+        owners = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
+        for owner_name, owner in owners:
+            for name, param in owner._parameters.items():
+                if param is None:
+                    continue
+                if remove_duplicate:
+                    if id(param) in seen:
+                        continue
+                    seen.add(id(param))
+                yield owner_name + ("." if owner_name else "") + name, param
+
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        """Every parameter, each once, in registration order (what an optimiser takes)."""
+        for _, param in self.named_parameters(recurse=recurse):
+            yield param
+
+    def apply(self: M, fn: Callable[[Module], Any]) -> M:
+        """Call ``fn`` on every descendant, then on this module (e.g. a custom initialisation)."""
+        for module in self.children():
+            module.apply(fn)
+        fn(self)
+        return self
+
+    # -- modes and gradients --------------------------------------------------------------------
+    def train(self: M, mode: bool = True) -> M:
+        """Set training mode (Dropout active) on this module and every descendant; returns self."""
+        if not isinstance(mode, bool):
+            raise ValueError(f"train: mode must be a bool, got {mode!r}")
+        self.training = mode
+        for module in self.children():
+            module.train(mode)
+        return self
+
+    def eval(self: M) -> M:
+        """``train(False)``: evaluation mode (Dropout is the identity)."""
+        return self.train(False)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear every parameter's ``.grad``: ``None`` (the default) or zeros."""
+        for p in self.parameters():
+            if p.grad is not None:
+                # a fresh tensor, never zeroed in place: a .grad may share storage with another's
+                p.grad = None if set_to_none else _wrap(p._backend.full(p.nrows, p.ncols, 0.0, p.dtype), p._backend)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self, *, prefix: str = "", keep_vars: bool = False) -> OrderedDict[str, Tensor2D]:
+        """``OrderedDict`` of dotted name -> tensor sharing the parameter's storage (detached).
+
+        As in PyTorch, a parameter shared by two modules appears under both names.
+        """
+        out: OrderedDict[str, Tensor2D] = OrderedDict()
+        for name, param in self.named_parameters(prefix=prefix, remove_duplicate=False):
+            out[name] = param if keep_vars else param.detach()
+        return out
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
+        """Copy the values of ``state_dict`` into the parameters, in place.
+
+        Values may be Tensor2D or 2-D arrays of any dtype and backend (converted to the
+        parameter's); a 1-D value of length n fills a (1, n) parameter (PyTorch stores biases
+        1-D). Nothing is copied unless every entry fits: a ``CheckpointError`` lists every
+        missing, unexpected (when ``strict``) and mis-shaped key. Returns
+        ``(missing_keys, unexpected_keys)``.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict: expected a dict-like state_dict, got {type(state_dict).__name__}")
+        own = self.state_dict(keep_vars=True)
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        mismatched: list[str] = []
+        for key, param in own.items():
+            if key not in state_dict:
+                continue
+            shape = _value_shape(key, state_dict[key])
+            if shape != param.shape and not (len(shape) == 1 and param.nrows == 1 and shape[0] == param.ncols):
+                mismatched.append(f"{key}: the checkpoint has {_fmt(shape)}, the model has {_fmt(param.shape)}")
+        problems: list[str] = []
+        if strict and missing:
+            problems.append("missing keys: " + ", ".join(f"{k} ({_fmt(own[k].shape)})" for k in missing))
+        if strict and unexpected:
+            problems.append(
+                "unexpected keys: "
+                + ", ".join(f"{k} ({_fmt(_value_shape(k, state_dict[k]))})" for k in unexpected)
+            )
+        if mismatched:
+            problems.append("size mismatch for " + "; ".join(mismatched))
+        if problems:
+            raise CheckpointError(
+                f"load_state_dict for {self._get_name()}: "
+                + "\n  ".join(["the checkpoint does not fit the model (nothing was loaded):", *problems])
+            )
+        values = {key: self._converted(state_dict[key], param) for key, param in own.items() if key in state_dict}
+        with _autograd.no_grad():
+            for key, value in values.items():
+                own[key].copy_(value)
+        return IncompatibleKeys(missing, unexpected)
+
+    @staticmethod
+    def _converted(value: Any, param: Tensor2D) -> Tensor2D:
+        """``value`` as a Tensor2D of the parameter's shape, dtype and backend."""
+        if isinstance(value, Tensor2D):
+            if value._backend is param._backend and value.dtype == param.dtype:
+                return value
+        elif len(value.shape) == 1:
+            value = value.reshape(1, param.ncols)
+        return Tensor2D(value, dtype=param.dtype, backend=param._backend)
+
+    # -- conversion -----------------------------------------------------------------------------
+    def to(self: M, dtype: Any = None, backend: str | None = None) -> M:
+        """Convert every parameter (and its ``.grad``) in place to ``dtype`` / ``backend``; returns self.
+
+        The parameters stay the same objects, so an optimiser built before still holds them
+        (its state, if any, keeps the old dtype: build optimisers after ``to``).
+        """
+        dt = None if dtype is None else dtype_name(dtype)
+        if dt is not None and dt not in FLOAT_DTYPES:
+            raise DTypeError(at_user_site(f"{self._get_name()}.to: parameters must be floating, not {dt}"))
+        be = None if backend is None else _backends.get(backend)
+        for p in self.parameters():
+            new_be = be or p._backend
+            new_dt = dt or p.dtype
+            if new_be is p._backend and new_dt == p.dtype:
+                continue
+            p._data = Tensor2D(p.detach(), dtype=new_dt, backend=new_be)._data
+            p._backend = new_be
+            if p.grad is not None:
+                p.grad = Tensor2D(p.grad.detach(), dtype=new_dt, backend=new_be)
+        return self
+
+    def float(self: M) -> M:
+        """``to("float32")``."""
+        return self.to("float32")
+
+    def double(self: M) -> M:
+        """``to("float64")``."""
+        return self.to("float64")
+
+    # -- display --------------------------------------------------------------------------------
+    def _get_name(self) -> str:
+        return type(self).__name__
+
+    def extra_repr(self) -> str:
+        """The text inside the parentheses of this module's repr line (e.g. the layer sizes)."""
+        return ""
+
+    def __repr__(self) -> str:
+        extra = self.extra_repr()
+        extra_lines = extra.split("\n") if extra else []
+        child_lines = [f"({key}): " + _addindent(repr(module), 2) for key, module in self._modules.items()]
+        lines = extra_lines + child_lines
+        text = self._get_name() + "("
+        if lines:
+            if len(extra_lines) == 1 and not child_lines:
+                text += extra_lines[0]
+            else:
+                text += "\n  " + "\n  ".join(lines) + "\n"
+        return text + ")"
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self._parameters) | set(self._modules))
+
+
+def _positive_int(owner: str, name: str, value: Any) -> int:
+    """``value`` as a positive int, or a TypeError / ArgumentError naming ``owner`` and ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(at_user_site(f"{owner}: {name} must be an int, got {type(value).__name__} {value!r}"))
+    if value < 1:
+        raise ArgumentError(at_user_site(f"{owner}: {name} must be at least 1, got {value}"))
+    return int(value)

@@ -1,0 +1,79 @@
+"""Stochastic gradient descent, with momentum, dampening, Nesterov and weight decay, as PyTorch's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from matgrad._errors import ArgumentError, at_user_site
+from matgrad.optim.optimizer import Optimizer, ParamsT, check_nonnegative
+from matgrad.tensor import _wrap
+
+__all__ = ["SGD"]
+
+
+class SGD(Optimizer):
+    """``g = grad (+ weight_decay * p)``;  ``b = momentum * b + (1 - dampening) * g`` (``b = g`` at
+    the first step);  ``g = g + momentum * b`` (Nesterov) or ``g = b``;  ``p -= lr * g``.
+
+    ``maximize=True`` ascends (``g = -grad``). Exactly ``torch.optim.SGD``.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+        }
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_nonnegative("SGD", group, "lr", "momentum", "weight_decay")
+        check_nonnegative("SGD", {"dampening": abs(group["dampening"])}, "dampening")  # a number; any sign
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ArgumentError(
+                at_user_site(
+                    "SGD: nesterov=True needs momentum > 0 and dampening = 0, got "
+                    f"momentum={group['momentum']}, dampening={group['dampening']}"
+                )
+            )
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        lr = group["lr"]
+        momentum = group["momentum"]
+        dampening = group["dampening"]
+        weight_decay = group["weight_decay"]
+        nesterov = group["nesterov"]
+        maximize = group["maximize"]
+        for p in group["params"]:
+            g = self._grad(p)
+            if g is None:
+                continue
+            be, data = p._backend, p._data
+            if maximize:
+                g = be.unary("neg", g)
+            if weight_decay != 0:
+                g = be.add(g, be.mul(data, weight_decay))
+            if momentum != 0:
+                state = self._state(p)
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = _wrap(be.copy(g), be)
+                else:
+                    b = buf._data
+                    be.assign(b, be.mul(b, momentum))
+                    be.axpy(b, g, 1.0 - dampening)
+                g = be.add(g, be.mul(buf._data, momentum)) if nesterov else buf._data
+            be.axpy(data, g, -lr)
