@@ -163,8 +163,10 @@ class Tensor2D:
     """A 2-D matrix that remembers the op and the inputs that produced it.
 
     ``Tensor2D(data, requires_grad=False, dtype=None, backend=None, name=None)``: ``data`` is a
-    list of rows, a 2-D NumPy array, a Python number (a 1x1 matrix) or another ``Tensor2D``;
-    ``dtype`` is ``"float32"`` (the default), ``"float64"`` or ``"int64"``; ``backend`` is
+    list of rows, a 2-D NumPy array, a Python number (a 1x1 matrix) or another ``Tensor2D``
+    (copied, keeping its dtype and backend unless given). ``dtype`` is ``"float32"`` (the
+    default, ``get_default_dtype()``), ``"float64"`` or ``"int64"``; lists and arrays of any
+    numeric type become the default float dtype unless ``dtype`` says otherwise. ``backend`` is
     ``"numpy"`` or ``"python"`` (default: ``matgrad.get_backend()``).
     """
 
@@ -189,8 +191,12 @@ class Tensor2D:
         backend: str | Backend | None = None,
         name: str | None = None,
     ) -> None:
-        be = _backends.get(backend)
-        dt = dtype_name(dtype)
+        if isinstance(data, Tensor2D):  # a copy keeps the source's dtype and backend unless told
+            be = data._backend if backend is None else _backends.get(backend)
+            dt = data.dtype if dtype is None else dtype_name(dtype)
+        else:
+            be = _backends.get(backend)
+            dt = dtype_name(dtype)
         self._data = _convert(data, be, dt)
         self._backend = be
         self._op = None

@@ -440,7 +440,7 @@ def _draw_full(plan: _Plan, dot: graphviz.Digraph, show_values: bool, show_grad:
             continue
         lines: list[str] = []
         if kind != "const":
-            lines.append(f"{_shape(t)}  {t.dtype}")
+            lines.append(f"{_shape(t)}, {t.dtype}")
             if is_root and t.shape == (1, 1):
                 lines.append(f"= {_number(t.item())}")
             if kind == "input" and t.requires_grad:
@@ -548,7 +548,7 @@ def _draw_collapsed(
     for i in plan.roots:
         t = order[i]
         bad = check and _has_bad(t)
-        lines = [f"{_shape(t)}  {t.dtype}"] + ([f"= {_number(t.item())}"] if t.shape == (1, 1) else [])
+        lines = [f"{_shape(t)}, {t.dtype}"] + ([f"= {_number(t.item())}"] if t.shape == (1, 1) else [])
         nodes.append(_Node(f"t{i}", _html(plan.root_names[i], lines), _style("root", bad), ()))
         used.update(("root", "bad") if bad else ("root",))
 

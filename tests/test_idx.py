@@ -47,7 +47,7 @@ def temps(directory: Path) -> list[str]:
 
 
 def test_type_table_covers_every_code() -> None:
-    assert IDX_TYPES == {v: k for k, v in CODES.items()}
+    assert {v: k for k, v in CODES.items()} == IDX_TYPES
 
 
 @given(case=idx_arrays(), compress=st.booleans())
@@ -64,7 +64,7 @@ def test_round_trip_lists(tmp_path_factory: pytest.TempPathFactory, case: tuple,
 @given(case=idx_arrays())
 def test_round_trip_numpy(tmp_path_factory: pytest.TempPathFactory, case: tuple) -> None:
     np = pytest.importorskip("numpy")
-    dtype, shape, values = case
+    dtype, _, values = case
     a = np.array(values, dtype=dtype)
     path = tmp_path_factory.mktemp("idx") / "a.idx.gz"
     write_idx(path, a)
@@ -155,7 +155,7 @@ def test_write_rejects_numpy_dtype_without_idx_type(tmp_path: Path) -> None:
 GOOD = bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3]) + bytes(range(6))  # 2x3 uint8
 
 MALFORMED = {
-    "empty": (b"", "empty the file"),
+    "empty": (b"", "the file is empty"),
     "short magic": (b"\x00\x00\x08", "truncated header: the file has 3 bytes, the IDX magic number alone needs 4"),
     "bad magic": (b"\x01\x02\x08\x01" + GOOD[4:], "not an IDX file: the magic number is 01 02 08 01"),
     "unknown type": (b"\x00\x00\x07\x01\x00\x00\x00\x01\x00", "unknown IDX type code 0x07"),
@@ -210,7 +210,7 @@ def test_gz_name_but_not_gzip(tmp_path: Path) -> None:
     ids=["cut", "bad-crc", "bad-deflate", "trailing-garbage", "magic-only"],
 )
 def test_corrupt_gzip(tmp_path: Path, mangle: object, message: str) -> None:
-    good = gzip.compress(GOOD * 1 + b"", mtime=0)
+    good = gzip.compress(GOOD, mtime=0)
     path = tmp_path / "x.gz"
     path.write_bytes(mangle(good))  # type: ignore[operator]
     with pytest.raises(DataError, match=message) as info:

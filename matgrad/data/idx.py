@@ -190,7 +190,7 @@ def _parse(stream: _Readable, name: str, raw_size: int | None, where: str) -> Id
     magic = _read_upto(stream, 4)
     if len(magic) == 0:
         raise DataError(
-            f"{name}: empty {where}; expected an IDX file starting with the magic number 00 00 <type> <ndim>"
+            f"{name}: {where} is empty; expected an IDX file starting with the magic number 00 00 <type> <ndim>"
         )
     if len(magic) < 4:
         raise DataError(f"{name}: truncated header: {where} has {len(magic)} bytes, the IDX magic number alone needs 4")

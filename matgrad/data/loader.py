@@ -7,7 +7,6 @@ from typing import Any, Iterator
 
 from matgrad import backends as _backends
 from matgrad._errors import ArgumentError, ShapeError
-from matgrad.backends.base import Backend
 from matgrad.tensor import Tensor2D, _wrap
 
 __all__ = ["DataLoader"]
@@ -67,29 +66,26 @@ class DataLoader:
         )
 
     def __iter__(self) -> Iterator[Any]:
-        order: list[int] | None = None
-        if self.shuffle:  # drawn now, not at the first next(), so epochs follow iter() calls
-            order = list(range(self.x.nrows))
+        order = list(range(self.x.nrows))
+        if self.shuffle:  # drawn here, not at the first next(): epochs follow the iter() calls
             self._rng.shuffle(order)
         return self._epoch(order)
 
-    def _epoch(self, order: list[int] | None) -> Iterator[Any]:
+    def _epoch(self, order: list[int]) -> Iterator[Any]:
         tensors = [self.x] if self.y is None else [self.x, self.y]
-        # one native index per backend (a NumPy int array on the numpy backend): each batch is
-        # then a slice of it and a single `take`, with no Python loop over its elements
+        # One native index per backend (an int array on the numpy backend): each batch is then a
+        # slice of it and a single `take`, with no Python loop over its elements. An index, not
+        # a row slice, even in order: numpy's take returns a view for a slice, and a batch that
+        # aliases the dataset would let an in-place op on the batch change the data.
         natives: dict[int, Any] = {}
-        if order is not None:
-            for t in tensors:
-                be = t._backend
-                if id(be) not in natives:
-                    natives[id(be)] = be.indices(be.from_rows([order], "int64"))
+        for t in tensors:
+            be = t._backend
+            if id(be) not in natives:
+                natives[id(be)] = be.indices(be.from_rows([order], "int64"))
         b = self.batch_size
-        stop = len(self) * b
-        for start in range(0, stop, b):
-            batch = tuple(self._take(t._backend, t._data, natives, order, start, start + b) for t in tensors)
+        for lo in range(0, len(self) * b, b):
+            batch = tuple(
+                _wrap(t._backend.take(t._data, natives[id(t._backend)][lo : lo + b], slice(None)), t._backend)
+                for t in tensors
+            )
             yield batch[0] if self.y is None else batch
-
-    @staticmethod
-    def _take(be: Backend, data: Any, natives: dict[int, Any], order: list[int] | None, lo: int, hi: int) -> Tensor2D:
-        rows = slice(lo, hi) if order is None else natives[id(be)][lo:hi]
-        return _wrap(be.take(data, rows, slice(None)), be)

@@ -1,10 +1,10 @@
 """Layers, models and losses, named as in ``torch.nn``.
 
-    >>> import matgrad as mg
-    >>> from matgrad import nn
-    >>> model = nn.MLP([784, 128, 10])
-    >>> list(model.state_dict())
-    ['0.weight', '0.bias', '2.weight', '2.bias']
+>>> import matgrad as mg
+>>> from matgrad import nn
+>>> model = nn.MLP([784, 128, 10])
+>>> list(model.state_dict())
+['0.weight', '0.bias', '2.weight', '2.bias']
 """
 
 from __future__ import annotations

@@ -325,8 +325,7 @@ class Module:
             problems.append("missing keys: " + ", ".join(f"{k} ({_fmt(own[k].shape)})" for k in missing))
         if strict and unexpected:
             problems.append(
-                "unexpected keys: "
-                + ", ".join(f"{k} ({_fmt(_value_shape(k, state_dict[k]))})" for k in unexpected)
+                "unexpected keys: " + ", ".join(f"{k} ({_fmt(_value_shape(k, state_dict[k]))})" for k in unexpected)
             )
         if mismatched:
             problems.append("size mismatch for " + "; ".join(mismatched))

@@ -54,7 +54,7 @@ class Adam(Optimizer):
         for i, beta in enumerate(betas):
             if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
                 raise TypeError(at_user_site(f"{name}: betas[{i}] must be a number, got {beta!r}"))
-            if not 0.0 <= beta < 1.0:
+            if not 0.0 <= float(beta) < 1.0:
                 raise ArgumentError(at_user_site(f"{name}: betas[{i}] must be in [0, 1), got {beta}"))
         group["betas"] = tuple(betas)
 
@@ -116,9 +116,7 @@ class AdamW(Adam):
         *,
         maximize: bool = False,
     ) -> None:
-        super().__init__(
-            params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True
-        )
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         group["decoupled_weight_decay"] = True

@@ -48,7 +48,7 @@ class Optimizer:
         if isinstance(params, Module):
             raise TypeError(at_user_site(f"{name}: pass model.parameters(), not the model itself"))
         try:
-            groups = list(params)
+            groups: list[Any] = list(params)
         except TypeError:
             raise TypeError(
                 at_user_site(f"{name}: params must be an iterable of tensors or dicts, got {type(params).__name__}")
@@ -83,9 +83,7 @@ class Optimizer:
         group = dict(param_group)
         raw = group["params"]
         if isinstance(raw, (set, frozenset)):
-            raise TypeError(
-                at_user_site(f"{name}: parameters must come in an ordered collection (a list), not a set")
-            )
+            raise TypeError(at_user_site(f"{name}: parameters must come in an ordered collection (a list), not a set"))
         params: list[Tensor2D] = [raw] if isinstance(raw, Tensor2D) else list(raw)
         if not params:
             raise ArgumentError(at_user_site(f"{name}: a parameter group has an empty 'params' list"))
@@ -109,9 +107,7 @@ class Optimizer:
             seen.add(id(p))
         for other in self.param_groups:
             if any(id(q) in seen for q in other["params"]):
-                raise ArgumentError(
-                    at_user_site(f"{name}: some parameters appear in more than one parameter group")
-                )
+                raise ArgumentError(at_user_site(f"{name}: some parameters appear in more than one parameter group"))
         for key, default in self.defaults.items():
             group.setdefault(key, default)
         self._check_group(group)
@@ -246,7 +242,8 @@ def _load_value(owner: str, where: str, value: Any, param: Tensor2D) -> Any:
     return copy.deepcopy(value)
 
 
-def _real(owner: str, name: str, value: Any) -> float:
+def check_number(owner: str, name: str, value: Any) -> float:
+    """``value`` as a float, or a TypeError naming ``owner`` and the option."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(at_user_site(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}"))
     return float(value)
@@ -255,5 +252,5 @@ def _real(owner: str, name: str, value: Any) -> float:
 def check_nonnegative(owner: str, group: Mapping[str, Any], *names: str) -> None:
     """Each option in ``names`` must be a number >= 0 (NaN is refused)."""
     for name in names:
-        if not _real(owner, name, group[name]) >= 0.0:
+        if not check_number(owner, name, group[name]) >= 0.0:
             raise ArgumentError(at_user_site(f"{owner}: {name} must be >= 0, got {group[name]}"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from matgrad._errors import ArgumentError, at_user_site
-from matgrad.optim.optimizer import Optimizer, ParamsT, check_nonnegative
+from matgrad.optim.optimizer import Optimizer, ParamsT, check_nonnegative, check_number
 from matgrad.tensor import _wrap
 
 __all__ = ["SGD"]
@@ -41,7 +41,7 @@ class SGD(Optimizer):
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_nonnegative("SGD", group, "lr", "momentum", "weight_decay")
-        check_nonnegative("SGD", {"dampening": abs(group["dampening"])}, "dampening")  # a number; any sign
+        check_number("SGD", "dampening", group["dampening"])
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ArgumentError(
                 at_user_site(
