@@ -23,7 +23,7 @@ Fn = Callable[..., Any]
 
 
 def _as_tuple(x: Any) -> tuple[Any, ...]:
-    return (x,) if isinstance(x, Tensor2D) else tuple(x)
+    return tuple(x) if isinstance(x, (list, tuple)) else (x,)
 
 
 def _outputs(fn: Fn, inputs: Sequence[Tensor2D]) -> tuple[Tensor2D, ...]:

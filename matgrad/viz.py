@@ -118,6 +118,11 @@ def _param_names(params: Any) -> list[tuple[str, Tensor2D]]:
     return [(str(n), t) for n, t in pairs]
 
 
+def _params_once(params: Any) -> Any:
+    """A Module as it is; anything else as a list of pairs, so an iterator can be read twice."""
+    return params if params is None or _is_module(params) else _param_names(params)
+
+
 def _scope(t: Tensor2D) -> tuple[Any, ...]:
     op = t._op
     scope = getattr(op, "scope", ()) if op is not None else ()
@@ -300,7 +305,9 @@ def _details(t: Tensor2D, show_values: bool, show_grad: bool, grad_expected: boo
     if (show_values or show_grad) and not _finite(t):
         bad = True
         lines.append("NaN/Inf in value")
-    if show_values:
+    if show_values and t.shape == (1, 1):
+        lines.append(f"= {_number(t.item())}")
+    elif show_values:
         lo, mu, hi = _stats(t)
         lines.append(f"min {_number(lo)} / mean {_number(mu)} / max {_number(hi)}")
     if show_grad:
@@ -320,7 +327,7 @@ _CONTROL = {c: " " for c in range(32)}
 
 def _esc(text: str) -> str:
     """Text made safe inside a Graphviz HTML-like label (and the SVG written from it)."""
-    text = text.translate(_CONTROL)
+    text = text.translate(_CONTROL).encode("utf-8", "replace").decode("utf-8")
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
@@ -428,15 +435,14 @@ def _draw_full(plan: _Plan, dot: graphviz.Digraph, show_values: bool, show_grad:
                 title = f"{plan.label[i]} = {title}"
             small, bad = ([], False) if is_root else _details(t, show_values, show_grad, False)
             nodes.append(_Node(f"op{i}", _html(title, small=small), _style(style, bad), plan.place[i] if group else ()))
-            used.add("bad" if bad else style)
-            used.add(style)
+            used.update((style, "bad") if bad else (style,))
             for inp in t.inputs:
                 j = plan.pos[id(inp)]
                 if plan.kind[j] == "op":  # an intermediate tensor: the edge carries its shape
                     edges.append((f"op{j}", f"op{i}", _shape(inp)))
                 else:
                     edges.append((f"t{j}", f"op{i}", ""))
-        if not (is_root or kind != "op"):
+        if kind == "op" and not is_root:
             continue
         lines: list[str] = []
         if kind != "const":
@@ -445,7 +451,8 @@ def _draw_full(plan: _Plan, dot: graphviz.Digraph, show_values: bool, show_grad:
                 lines.append(f"= {_number(t.item())}")
             if kind == "input" and t.requires_grad:
                 lines.append("requires grad")
-            small, bad = _details(t, show_values, show_grad, t.requires_grad and kind != "op")
+            values = show_values and not (is_root and t.shape == (1, 1))  # its value is already there
+            small, bad = _details(t, values, show_grad, t.requires_grad and kind != "op")
         else:
             lines, small, bad = ([] if t.shape == (1, 1) else [_shape(t)]), [], False
         node_kind = "root" if is_root else kind
@@ -540,8 +547,6 @@ def _draw_collapsed(
             total = sum(g.ops.values())
             lines = [f"{total:,} op{'s' if total != 1 else ''} outside modules"]
         else:
-            if not g.members:
-                continue
             lines = g.members[:4] + ([f"and {len(g.members) - 4:,} more"] if len(g.members) > 4 else [])
         nodes.append(_Node(gid, _html(g.title, lines), _style(g.kind, g.bad), g.place))
         used.update((g.kind, "bad") if g.bad else (g.kind,))
@@ -561,7 +566,7 @@ def _draw_collapsed(
             pairs.append((group_of[i], t))
         for src, tensor in pairs:
             dst = f"t{i}" if tensor is t else group_of[i]
-            if src == dst or (src == "inputs" and "inputs" not in groups):
+            if src == dst:
                 continue
             link = links.setdefault((src, dst), [0, []])
             link[0] += 1
@@ -647,6 +652,7 @@ def draw_graph(
     if max_nodes is not None and (isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1):
         raise ArgumentError(f"draw_graph: max_nodes must be a positive int or None, got {max_nodes!r}")
     roots = _as_roots(root, "draw_graph")
+    params = _params_once(params)
     plan = _gradient_plan(roots, params) if backward else _plan(roots, params)
     count = plan.node_count()
     if max_nodes is not None and count > max_nodes:
@@ -698,19 +704,17 @@ def render_graph(root: Roots | graphviz.Digraph, path: str | os.PathLike[str], *
     """
     target = Path(path)
     fmt = target.suffix.lower().lstrip(".")
+    if fmt not in (*_RENDER_FORMATS, "dot", "gv"):
+        raise ArgumentError(f"render_graph: cannot render {target.name!r}; name a .svg, .png, .pdf or .dot file")
     if isinstance(root, graphviz.Digraph):
         if draw_kwargs:
             raise TypeError(f"render_graph: drawing options ({', '.join(draw_kwargs)}) need a tensor, not a Digraph")
         dot = root
     else:
-        if fmt not in (*_RENDER_FORMATS, "dot", "gv"):
-            raise ArgumentError(_format_message(target))
         dot = draw_graph(root, **draw_kwargs)
     if fmt in ("dot", "gv"):
         _write_atomic(target, dot.source.encode("utf-8"))
         return target
-    if fmt not in _RENDER_FORMATS:
-        raise ArgumentError(_format_message(target))
     try:
         data = dot.pipe(format=fmt)
     except graphviz.ExecutableNotFound as exc:
@@ -726,10 +730,6 @@ def render_graph(root: Roots | graphviz.Digraph, path: str | os.PathLike[str], *
         raise MatgradError(f"render_graph: Graphviz's dot failed to draw {target.name}: {stderr}") from exc
     _write_atomic(target, data)
     return target
-
-
-def _format_message(target: Path) -> str:
-    return f"render_graph: cannot render {target.name!r}; name a .svg, .png, .pdf or .dot file"
 
 
 def draw_model_graph(model: Any, x: Tensor2D, y: Any, *, grad: bool = True, **draw_kwargs: Any) -> graphviz.Digraph:
@@ -792,7 +792,8 @@ def _text_line(plan: _Plan, i: int, show_values: bool, show_grad: bool) -> str:
         parts.append(f"= {_number(t.item())}")
     if op is not None and plan.place[i]:
         parts.append(f"[{plan.module_label(plan.place[i][-1])}]")
-    small, bad = _details(t, show_values, show_grad, op is None and t.requires_grad)
+    values = show_values and not (plan.is_root(i) and t.shape == (1, 1))
+    small, bad = _details(t, values, show_grad, op is None and t.requires_grad)
     parts += small
     if bad:
         parts.append("<-- NaN/Inf")
@@ -813,7 +814,7 @@ def text_graph(
     as ``[see #k]``. Stops after ``max_lines`` lines (``None``: no limit).
     """
     roots = _as_roots(root, "text_graph")
-    plan = _plan(roots, params)
+    plan = _plan(roots, _params_once(params))
     uses = [0] * len(plan.order)
     for t in plan.order:
         for inp in t.inputs:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.client
 import os
 import socket
 import sys
-import urllib.error
-import urllib.request
 import zlib
 from typing import Any, NamedTuple, Sequence, Union
 
@@ -169,12 +166,14 @@ def _progress_bar(total: int | None, desc: str, enabled: bool) -> Any:
         unit_divisor=1024,
         file=sys.stderr,
         disable=not enabled,
-        leave=False,
+        leave=True,
     )
 
 
 def _fetch(url: str, out: Any, timeout: float, limit: int, progress: bool) -> None:
     """Stream ``url`` into ``out``; a short body or one over ``limit`` bytes is a failure."""
+    import urllib.request  # here, not at the top: it costs ``import matgrad.data`` ~15 ms
+
     request = urllib.request.Request(url, headers={"User-Agent": "matgrad (python urllib)"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         header = response.headers.get("Content-Length")
@@ -198,6 +197,8 @@ def _fetch(url: str, out: Any, timeout: float, limit: int, progress: bool) -> No
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
+    import urllib.error
+
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code} {exc.reason}"
     if isinstance(exc, urllib.error.URLError):
@@ -213,6 +214,8 @@ def _describe(exc: BaseException, timeout: float) -> str:
 
 def _download(root: str, name: str, mirrors: list[str], timeout: float, progress: bool) -> str:
     """Fetch ``name`` into ``root`` from the first mirror that gives the right bytes; its path."""
+    import http.client
+
     os.makedirs(root, exist_ok=True)
     remove_stale_temps(root, name, STALE_AFTER)
     size = FILES[name][0]
@@ -353,6 +356,8 @@ def load_mnist(
     ``default_root()``) under their standard names, gzipped or not. ``download=True`` first
     fetches missing or invalid files (see ``download_mnist``); ``sample=True`` loads the
     5,000 + 1,000 image sample shipped with matgrad instead (no network, no files needed).
+    Without ``download``, files are checked as IDX (sizes, labels 0..9, counts) but not against
+    MNIST's checksums, so a dataset in MNIST's format (Fashion-MNIST) loads from ``root`` too.
     """
     be = _backends.get(backend)
     dt = dtype_name(dtype)

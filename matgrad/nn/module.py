@@ -91,6 +91,16 @@ def _value_shape(key: str, value: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
+def _as_numpy(value: Any) -> Any:
+    """An array from another library (a PyTorch tensor) as a NumPy array; NumPy arrays pass through."""
+    if hasattr(getattr(value, "dtype", None), "kind") or not hasattr(value, "__array__"):
+        return value
+    import numpy  # an object with __array__ means NumPy is installed
+
+    detach = getattr(value, "detach", None)  # a tensor that requires grad refuses __array__
+    return numpy.asarray(detach() if callable(detach) else value)
+
+
 def _check_name(kind: str, owner: Module, name: Any) -> None:
     if not isinstance(name, str):
         raise TypeError(f"{kind} name should be a string, got {type(name).__name__}")
@@ -260,6 +270,17 @@ class Module:
         for _, param in self.named_parameters(recurse=recurse):
             yield param
 
+    def get_submodule(self, target: str) -> Module:
+        """The descendant called ``target`` (``"encoder.1"``), or this module for ``""``."""
+        module = self
+        for i, part in enumerate(target.split(".") if target else []):
+            child = module._modules.get(part)
+            if child is None:
+                path = ".".join(target.split(".")[:i]) or "the root"
+                raise AttributeError(f"{module._get_name()} ({path}) has no submodule {part!r}")
+            module = child
+        return module
+
     def apply(self: M, fn: Callable[[Module], Any]) -> M:
         """Call ``fn`` on every descendant, then on this module (e.g. a custom initialisation)."""
         for module in self.children():
@@ -329,6 +350,8 @@ class Module:
             )
         if mismatched:
             problems.append("size mismatch for " + "; ".join(mismatched))
+        if strict and (missing or unexpected):
+            problems.append("(load_state_dict(..., strict=False) skips missing and unexpected keys)")
         if problems:
             raise CheckpointError(
                 f"load_state_dict for {self._get_name()}: "
@@ -346,7 +369,9 @@ class Module:
         if isinstance(value, Tensor2D):
             if value._backend is param._backend and value.dtype == param.dtype:
                 return value
-        elif len(value.shape) == 1:
+            return Tensor2D(value, dtype=param.dtype, backend=param._backend)
+        value = _as_numpy(value)
+        if len(value.shape) == 1:
             value = value.reshape(1, param.ncols)
         return Tensor2D(value, dtype=param.dtype, backend=param._backend)
 

@@ -1,0 +1,291 @@
+"""The two backends: the kernel interface, parity, IEEE edge cases, selection, isolation from numpy."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import subprocess
+import sys
+from array import array
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import matgrad as mg
+from matgrad import backends
+from matgrad.backends.base import Backend
+from matgrad.backends.python import Matrix, PythonBackend, dot_products
+
+PY = backends.get("python")
+NP = backends.get("numpy")
+
+
+def test_every_kernel_is_implemented_by_both() -> None:
+    abstract = {name for name, _ in inspect.getmembers(Backend) if getattr(Backend, name, None) is not None
+                and getattr(getattr(Backend, name), "__isabstractmethod__", False)}
+    assert abstract, "the interface declares its kernels as abstract methods"
+    for cls in (type(PY), type(NP)):
+        assert not cls.__abstractmethods__, f"{cls.__name__} misses {sorted(cls.__abstractmethods__)}"
+        for name in abstract:
+            assert getattr(cls, name) is not getattr(Backend, name), f"{cls.__name__}.{name}"
+
+
+# -- the from-scratch Matrix ------------------------------------------------------------------
+
+
+def test_matrix_is_row_major() -> None:
+    m = Matrix(2, 3, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    assert m.shape == (2, 3)
+    assert m.get(1, 0) == 3.0 and m.get(0, 2) == 2.0  # data[row * ncols + col]
+    assert m.row(1) == [3.0, 4.0, 5.0] and m.col(2) == [2.0, 5.0]
+    with pytest.raises(IndexError, match=r"\(2, 0\)"):
+        m.get(2, 0)
+    with pytest.raises(mg.ShapeError, match="len\\(data\\)"):
+        Matrix(2, 2, [1.0])
+
+
+# -- parity, kernel by kernel -------------------------------------------------------------------
+
+values = st.floats(-5, 5, allow_nan=False, width=32)
+
+
+def both(rows: list[list[float]], dtype: str = "float64") -> tuple[object, object]:
+    return PY.from_rows(rows, dtype), NP.from_rows(rows, dtype)
+
+
+def same(a: object, b: object, tol: float = 1e-12) -> None:
+    la, lb = PY.tolist(a), NP.tolist(b)
+    assert PY.dtype(a) == NP.dtype(b)
+    assert len(la) == len(lb) and all(len(x) == len(y) for x, y in zip(la, lb))
+    for ra, rb in zip(la, lb):
+        for x, y in zip(ra, rb):
+            if isinstance(x, float) and math.isnan(x):
+                assert math.isnan(y)
+            else:
+                assert x == y or abs(x - y) <= tol * max(1.0, abs(y)), (x, y)
+
+
+@st.composite
+def matrix_rows(draw: st.DrawFn, rows: int | None = None, cols: int | None = None) -> list[list[float]]:
+    r = rows or draw(st.integers(1, 4))
+    c = cols or draw(st.integers(1, 4))
+    return [draw(st.lists(values, min_size=c, max_size=c)) for _ in range(r)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@settings(max_examples=30)
+@given(data=st.data())
+def test_elementwise_parity(data: st.DataObject, dtype: str) -> None:
+    rows = data.draw(matrix_rows())
+    m, n = len(rows), len(rows[0])
+    other_shape = data.draw(st.sampled_from([(m, n), (1, n), (m, 1), (1, 1)]))
+    other = data.draw(matrix_rows(*other_shape))
+    tol = 1e-12 if dtype == "float64" else 0.0  # float32 emulation rounds exactly like numpy
+    (pa, na), (pb, nb) = both(rows, dtype), both(other, dtype)
+    for kernel in ("add", "sub", "mul", "maximum", "minimum"):
+        same(getattr(PY, kernel)(pa, pb), getattr(NP, kernel)(na, nb), tol)
+        same(getattr(PY, kernel)(pb, pa), getattr(NP, kernel)(nb, na), tol)
+    same(PY.div(pa, 2.5), NP.div(na, 2.5), tol)
+    for op in ("eq", "ne", "lt", "le", "gt", "ge"):
+        same(PY.compare(op, pa, pb, dtype), NP.compare(op, na, nb, dtype))
+    for op in ("neg", "abs", "sign", "tanh", "sigmoid", "exp"):
+        same(PY.unary(op, pa), NP.unary(op, na), 1e-12 if dtype == "float64" else 1e-6)
+    for axis in (None, 0, 1):
+        same(PY.sum(pa, axis), NP.sum(na, axis), 1e-12 if dtype == "float64" else 1e-6)
+        same(PY.max(pa, axis), NP.max(na, axis))
+        same(PY.argmin(pa, axis), NP.argmin(na, axis))
+    same(PY.transpose(pa), NP.transpose(na))
+    assert NP.transpose(na).flags["C_CONTIGUOUS"]
+
+
+@settings(max_examples=30)
+@given(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5), st.data())
+def test_matmul_parity_with_flags(m: int, k: int, n: int, data: st.DataObject) -> None:
+    for ta in (False, True):
+        for tb in (False, True):
+            a_rows = data.draw(matrix_rows(*((k, m) if ta else (m, k))))
+            b_rows = data.draw(matrix_rows(*((n, k) if tb else (k, n))))
+            (pa, na), (pb, nb) = both(a_rows), both(b_rows)
+            out = NP.matmul(na, nb, ta, tb)
+            assert out.flags["C_CONTIGUOUS"] and out.shape == (m, n)
+            same(PY.matmul(pa, pb, ta, tb), out, 1e-12)
+
+
+# -- the pure-Python matmul: accuracy where the polarisation identity could go wrong ------------
+
+
+def exact_dots(lefts: list[list[float]], rights: list[list[float]]) -> list[float]:
+    return [math.fsum(a * b for a, b in zip(r, c)) for r in lefts for c in rights]
+
+
+@pytest.mark.parametrize("scale_left, scale_right", [(1.0, 1.0), (1e-150, 1e150), (1e100, 1e-100), (1e-5, 1.0)])
+def test_dot_products_error_is_relative_to_norms(scale_left: float, scale_right: float) -> None:
+    import random
+
+    rng = random.Random(1)
+    lefts = [[rng.gauss(0, 1) * scale_left for _ in range(300)] for _ in range(4)]
+    rights = [[rng.gauss(0, 1) * scale_right for _ in range(300)] for _ in range(5)]
+    got = dot_products(lefts, rights)
+    want = exact_dots(lefts, rights)
+    for i, r in enumerate(lefts):
+        for j, c in enumerate(rights):
+            bound = math.hypot(*r) * math.hypot(*c)
+            assert abs(got[i * 5 + j] - want[i * 5 + j]) <= 1e-13 * bound  # far below float32's 6e-8
+
+
+def test_dot_products_orthogonal_and_zero_vectors() -> None:
+    got = dot_products([[1.0, 0.0], [0.0, 0.0], [3.0, 4.0]], [[0.0, 2.0], [0.0, 0.0], [4.0, -3.0]])
+    want = [0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 8.0, 0.0, 0.0]
+    assert all(abs(g - w) <= 1e-15 * 10 for g, w in zip(got, want)), got
+
+
+def test_dot_products_propagate_nan_and_inf() -> None:
+    got = dot_products([[math.nan, 1.0], [math.inf, 1.0], [1.0, 1.0]], [[1.0, 1.0], [1.0, math.inf]])
+    assert math.isnan(got[0]) and math.isnan(got[1])
+    assert got[2] == math.inf and got[3] == math.inf
+    assert got[4] == 2.0 and got[5] == math.inf
+
+
+def test_dot_products_subnormal_norms() -> None:
+    tiny = 5e-324
+    got = dot_products([[tiny, tiny]], [[1.0, 1.0]])
+    assert got == [2 * tiny]
+
+
+# -- IEEE semantics on the python backend where Python itself would raise -----------------------
+
+
+def test_python_backend_ieee_edges() -> None:
+    a = PY.from_rows([[1000.0, 0.0, -1.0, 1.0]], "float64")
+    exp = PY.tolist(PY.unary("exp", a))[0]
+    assert exp[0] == math.inf
+    log = PY.tolist(PY.unary("log", a))[0]
+    assert log[1] == -math.inf and math.isnan(log[2])
+    assert math.isnan(PY.tolist(PY.unary("sqrt", a))[0][2])
+    div = PY.tolist(PY.div(PY.from_rows([[1.0, -1.0, 0.0]], "float64"), 0.0))[0]
+    assert div[0] == math.inf and div[1] == -math.inf and math.isnan(div[2])
+    powed = PY.tolist(PY.pow(PY.from_rows([[-8.0, 0.0, 10.0]], "float64"), PY.from_rows([[1 / 3, -1.0, 400.0]], "float64")))[0]
+    assert math.isnan(powed[0]) and powed[1] == math.inf and powed[2] == math.inf
+    sig = PY.tolist(PY.unary("sigmoid", PY.from_rows([[-1000.0, 1000.0]], "float64")))[0]
+    assert sig == [0.0, 1.0]
+    f32 = PY.tolist(PY.mul(PY.from_rows([[3e38]], "float32"), 10.0))[0]
+    assert f32 == [math.inf]
+
+
+def test_numpy_backend_is_quiet_at_the_edges() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        NP.unary("log", NP.from_rows([[0.0, -1.0]], "float32"))
+        NP.unary("sigmoid", NP.from_rows([[-1000.0, 1000.0]], "float32"))
+        NP.div(NP.from_rows([[1.0]], "float32"), 0.0)
+
+
+def test_all_finite() -> None:
+    for be in (PY, NP):
+        assert be.all_finite(be.from_rows([[1e308, 1e308]], "float64"))  # the sum overflows, the values do not
+        assert not be.all_finite(be.from_rows([[1.0, math.nan]], "float64"))
+        assert not be.all_finite(be.from_rows([[math.inf, -math.inf]], "float64"))
+
+
+def test_float32_emulation_matches_numpy_bits() -> None:
+    import random
+
+    rng = random.Random(5)
+    rows = [[rng.uniform(-3, 3) for _ in range(7)] for _ in range(5)]
+    pa, na = both(rows, "float32")
+    for kernel in ("add", "mul", "sub", "div"):
+        got = PY.tolist(getattr(PY, kernel)(pa, pa))
+        want = getattr(NP, kernel)(na, na).tolist()
+        assert got == want
+    assert array("f", PY.from_rows(rows, "float32").data).tolist() == PY.from_rows(rows, "float32").data
+
+
+def test_uint8_loading_is_identical() -> None:
+    buf = bytes(range(256)) * 3
+    for dtype, divisor in (("float32", 255), ("float64", 255), ("int64", 1)):
+        assert PY.tolist(PY.from_uint8(buf, 3, 256, divisor, dtype)) == NP.from_uint8(buf, 3, 256, divisor, dtype).tolist()
+
+
+# -- selection -----------------------------------------------------------------------------------
+
+
+def run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "MATGRAD_BACKEND"}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=60)
+
+
+def test_default_is_numpy_and_import_is_silent() -> None:
+    result = run("import matgrad; print(matgrad.get_backend())")
+    assert result.returncode == 0 and result.stdout == "numpy\n" and result.stderr == ""
+
+
+def test_import_does_not_import_numpy() -> None:
+    result = run("import sys, matgrad; print('numpy' in sys.modules)")
+    assert result.stdout == "False\n"
+
+
+def test_env_variable_selects_backend() -> None:
+    result = run("import matgrad; print(matgrad.get_backend(), matgrad.zeros(1, 1).backend)", MATGRAD_BACKEND="python")
+    assert result.stdout == "python python\n"
+    bad = run("import matgrad; matgrad.zeros(1, 1)", MATGRAD_BACKEND="gpu")
+    assert bad.returncode != 0 and "MATGRAD_BACKEND='gpu'" in bad.stderr
+
+
+def test_python_backend_never_imports_numpy() -> None:
+    """With numpy unimportable, the python backend is the default and everything but .numpy() works."""
+    code = """
+import sys
+sys.modules['numpy'] = None  # any `import numpy` now raises ImportError
+import matgrad as mg
+import matgrad.functional as F
+assert mg.get_backend() == 'python', mg.get_backend()
+assert mg.available_backends() == ['python']
+x = mg.randn(4, 3, requires_grad=True)
+w = mg.randn(2, 3, requires_grad=True)
+loss = F.cross_entropy(F.linear(x, w).relu(), [0, 1, 1, 0])
+loss.backward()
+assert mg.gradcheck(lambda a: (a @ a.T).tanh(), [mg.randn(2, 2, dtype='float64', requires_grad=True)])
+try:
+    mg.set_backend('numpy')
+except mg.BackendError as e:
+    assert 'pip install' in str(e)
+else:
+    raise AssertionError('numpy backend should be unavailable')
+print('ok', 'numpy' in sys.modules and sys.modules['numpy'] is not None)
+"""
+    result = run(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok False\n"
+
+
+def test_set_backend_and_errors() -> None:
+    previous = mg.get_backend()
+    try:
+        mg.set_backend("python")
+        assert mg.zeros(1, 1).backend == "python"
+        with pytest.raises(mg.BackendError, match="unknown backend 'tpu'"):
+            mg.set_backend("tpu")
+    finally:
+        mg.set_backend(previous)
+    assert set(mg.available_backends()) == {"numpy", "python"}
+
+
+def test_seed_is_shared_by_both_backends() -> None:
+    mg.manual_seed(11)
+    a = mg.rand(2, 2, backend="python").tolist()
+    b = mg.rand(2, 2, backend="numpy").tolist()
+    mg.manual_seed(11)
+    assert mg.rand(2, 2, backend="python").tolist() == a
+    assert mg.rand(2, 2, backend="numpy").tolist() == b
+
+
+def test_backend_object_reuse() -> None:
+    assert backends.get("python") is PY and isinstance(PY, PythonBackend)
+    assert repr(PY) == "<matgrad backend 'python'>"
+    assert np.asarray(NP.to_numpy(NP.full(1, 1, 2.0, "float32"))).item() == 2.0
