@@ -241,29 +241,51 @@ def dot_products(lefts: Sequence[list[float]], rights: Sequence[list[float]]) ->
     """``[l . r for l in lefts for r in rights]``, row-major: the inner loop of matmul.
 
     Each dot product is one C call. On Python 3.12+ that is ``math.sumprod``. Before it, the
-    fastest C helper is ``math.dist`` with the polarisation identity on unit vectors:
-    ``a . b = |a| |b| (1 - |a_hat - b_hat|^2 / 2)``. Normalising first keeps the rounding error
-    near ``eps * |a| |b|`` (the error of an ordinary dot product) whatever the norms; written
-    unnormalised, ``(|a|^2 + |b|^2 - |a - b|^2) / 2`` loses accuracy when ``|a| >> |b|``.
-    Rows or columns that are not finite, or so tiny that ``1/|a|`` overflows, take the plain
-    ``sum(map(mul, ...))`` path so NaN and Inf propagate exactly as in IEEE arithmetic.
-    ``benchmarks/matmul_python.py`` measures these strategies side by side.
+    fastest C helper is ``math.dist`` with the polarisation identity
+    ``a . b = (|a|^2 + |b|^2 - |a - b|^2) / 2``, whose rounding error is about
+    ``eps (|a|^2 + |b|^2)``: fine while every ``|a| / |b|`` stays within ``_RATIO`` of 1 (error
+    below ``1e-12 |a| |b|``), wrong when the norms differ wildly. Then the vectors are first
+    scaled to unit length, ``a . b = |a| |b| (1 - |a_hat - b_hat|^2 / 2)``, which keeps the error
+    near ``eps |a| |b|``, the error of any dot product. Vectors that are not finite, or so tiny
+    that ``1/|a|`` overflows, take the plain ``sum(map(mul, ...))`` path so NaN and Inf
+    propagate exactly as in IEEE arithmetic. ``benchmarks/matmul_python.py`` measures the
+    strategies side by side.
     """
     if _SUMPROD is not None:
         sumprod = _SUMPROD
         return [sumprod(r, c) for r in lefts for c in rights]
     hypot = math.hypot
     dist = math.dist
+    lnorms = [hypot(*r) for r in lefts]
+    rnorms = [hypot(*c) for c in rights]
+    finite = [x for x in lnorms + rnorms if 1e-300 < x < _INF]
+    if len(finite) == len(lnorms) + len(rnorms) and max(finite) <= _RATIO * min(finite):
+        rsq = [x * x for x in rnorms]
+        out: list[float] = []
+        extend = out.extend
+        for r, x in zip(lefts, lnorms):
+            lsq = x * x
+            extend([0.5 * (lsq + y - d * d) for y, d in zip(rsq, map(dist, repeat(r), rights))])
+        return out
+    return _dot_products_unit(lefts, rights, lnorms, rnorms)
+
+
+_RATIO = 1e4
+
+
+def _dot_products_unit(
+    lefts: Sequence[list[float]], rights: Sequence[list[float]], lnorms: list[float], rnorms: list[float]
+) -> list[float]:
+    """``dot_products`` on unit vectors: accurate whatever the norms (see there)."""
+    dist = math.dist
     k = len(rights[0])
-    norms = [hypot(*c) for c in rights]
-    if not all(1e-300 < x < _INF or x == 0.0 for x in norms):
+    if not all(1e-300 < x < _INF or x == 0.0 for x in rnorms):
         return [sum(map(_mul, r, c)) for r in lefts for c in rights]
-    units = [list(map(_mul, c, repeat(1.0 / x, k))) if x else c for c, x in zip(rights, norms)]
-    halves = [0.5 * x for x in norms]
+    units = [list(map(_mul, c, repeat(1.0 / x, k))) if x else c for c, x in zip(rights, rnorms)]
+    halves = [0.5 * x for x in rnorms]
     out: list[float] = []
     extend = out.extend
-    for r in lefts:
-        nr = hypot(*r)
+    for r, nr in zip(lefts, lnorms):
         if 1e-300 < nr < _INF:
             ru = list(map(_mul, r, repeat(1.0 / nr, k)))
             extend([nr * (h * (2.0 - d * d)) for h, d in zip(halves, map(dist, repeat(ru), units))])
