@@ -135,7 +135,7 @@ def test_dot_products_error_is_relative_to_norms(scale_left: float, scale_right:
     for i, r in enumerate(lefts):
         for j, c in enumerate(rights):
             bound = math.hypot(*r) * math.hypot(*c)
-            assert abs(got[i * 5 + j] - want[i * 5 + j]) <= 1e-13 * bound  # far below float32's 6e-8
+            assert abs(got[i * 5 + j] - want[i * 5 + j]) <= 1e-12 * bound  # far below float32 roundoff 6e-8
 
 
 def test_dot_products_orthogonal_and_zero_vectors() -> None:

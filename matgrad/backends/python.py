@@ -244,7 +244,7 @@ def dot_products(lefts: Sequence[list[float]], rights: Sequence[list[float]]) ->
     fastest C helper is ``math.dist`` with the polarisation identity
     ``a . b = (|a|^2 + |b|^2 - |a - b|^2) / 2``, whose rounding error is about
     ``eps (|a|^2 + |b|^2)``: fine while every ``|a| / |b|`` stays within ``_RATIO`` of 1 (error
-    below ``1e-12 |a| |b|``), wrong when the norms differ wildly. Then the vectors are first
+    about ``1e-13 |a| |b|``), wrong when the norms differ wildly. Then the vectors are first
     scaled to unit length, ``a . b = |a| |b| (1 - |a_hat - b_hat|^2 / 2)``, which keeps the error
     near ``eps |a| |b|``, the error of any dot product. Vectors that are not finite, or so tiny
     that ``1/|a|`` overflows, take the plain ``sum(map(mul, ...))`` path so NaN and Inf
@@ -270,7 +270,7 @@ def dot_products(lefts: Sequence[list[float]], rights: Sequence[list[float]]) ->
     return _dot_products_unit(lefts, rights, lnorms, rnorms)
 
 
-_RATIO = 1e4
+_RATIO = 1e3
 
 
 def _dot_products_unit(
