@@ -148,8 +148,10 @@ def main() -> None:
         strategies.append(("math.sumprod (3.12+)", sumprod, False))
     strategies.append(("matgrad kernel", matgrad_kernel, False))
 
-    print(f"Python {platform.python_version()} on {platform.machine()}; product ({m}x{k}) @ ({k}x{n}) = "
-          f"{m * k * n / 1e6:.2f} M multiply-adds; float32 unit roundoff 2^-24 = {2.0**-24:.1e}")
+    print(
+        f"Python {platform.python_version()} on {platform.machine()}; product ({m}x{k}) @ ({k}x{n}) = "
+        f"{m * k * n / 1e6:.2f} M multiply-adds; float32 unit roundoff 2^-24 = {2.0**-24:.1e}"
+    )
     print(f"{'strategy':34} {'M mult-add/s':>13} {'vs sum(map)':>12} {'max error / (|a||b|)':>21}")
     results = []
     for name, fn, small in strategies:
@@ -164,12 +166,20 @@ def main() -> None:
             out = fn(a, b, m, k, n)
             ref, sc = exact, scale
         error = max(abs(x - y) / s for x, y, s in zip(out, ref, sc))
-        results.append({"strategy": name, "mmacs_per_s": macs / seconds / 1e6, "max_relative_error": error,
-                        "measured_on_rows": small_m if small else m})
+        results.append(
+            {
+                "strategy": name,
+                "mmacs_per_s": macs / seconds / 1e6,
+                "max_relative_error": error,
+                "measured_on_rows": small_m if small else m,
+            }
+        )
     base = next(r["mmacs_per_s"] for r in results if r["strategy"].startswith("sum(map"))
     for r in results:
-        print(f"{r['strategy']:34} {r['mmacs_per_s']:13.1f} {r['mmacs_per_s'] / base:11.2f}x "
-              f"{r['max_relative_error']:21.1e}")
+        print(
+            f"{r['strategy']:34} {r['mmacs_per_s']:13.1f} {r['mmacs_per_s'] / base:11.2f}x "
+            f"{r['max_relative_error']:21.1e}"
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"python": sys.version, "shape": [m, k, n], "results": results}, fh, indent=2)

@@ -125,11 +125,20 @@ class Op:
     name: ClassVar[str] = "op"
     needs_output: ClassVar[bool] = False
 
-    def forward(self, backend: Backend, *data: Data) -> Data:
-        raise NotImplementedError
+    # Set by ``record`` when the op joins a graph (slots, so unset on ops that never do).
+    inputs: tuple[Tensor2D, ...]
+    needs_input_grad: tuple[bool, ...]
+    released: bool
+    saved: Any
+    scope: tuple[Any, ...]
+    site: str
+    _out: weakref.ref[Tensor2D]
 
-    def backward(self, grad: Tensor2D, *inputs: Tensor2D) -> tuple[Tensor2D | None, ...]:
-        raise NotImplementedError
+    # Each subclass defines these two with its own arity, e.g.
+    #   def forward(self, be, a, b) -> Data
+    #   def backward(self, grad, a, b) -> tuple[Tensor2D | None, Tensor2D | None]
+    forward: Callable[..., Data]
+    backward: Callable[..., tuple[Tensor2D | None, ...]]
 
     @property
     def output(self) -> Tensor2D:
@@ -183,9 +192,7 @@ def _site_of(op: Op) -> str:
 
 
 def _check_forward(op: Op, out: Tensor2D, inputs: tuple[Tensor2D, ...]) -> None:
-    if not out._backend.all_finite(out._data) and all(
-        t._backend.all_finite(t._data) for t in inputs
-    ):
+    if not out._backend.all_finite(out._data) and all(t._backend.all_finite(t._data) for t in inputs):
         raise AnomalyError(
             f"{op.describe()} produced NaN or Inf in its {out.nrows}x{out.ncols} output from "
             f"finite inputs ({_shapes(inputs)}){_site_of(op)}"
@@ -370,9 +377,7 @@ def grad(
         raise GraphError(f"grad: {len(outs)} outputs but {len(seeds_in)} grad_outputs")
     for t in ins:
         if not t.requires_grad:
-            raise GraphError(
-                at_user_site("grad: an input does not require grad; create it with requires_grad=True")
-            )
+            raise GraphError(at_user_site("grad: an input does not require grad; create it with requires_grad=True"))
     roots, seeds = [], []
     for o, s in zip(outs, seeds_in):
         if not o.requires_grad:

@@ -50,7 +50,13 @@ def _float_dtype(name: str, dtype: Any) -> str:
 
 
 def full(
-    nrows: Any, ncols: Any = None, fill_value: float = 0.0, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None
+    nrows: Any,
+    ncols: Any = None,
+    fill_value: float = 0.0,
+    *,
+    requires_grad: bool = False,
+    dtype: Any = None,
+    backend: Any = None,
 ) -> Tensor2D:
     """An ``nrows x ncols`` matrix filled with ``fill_value`` (also ``full((m, n), value)``)."""
     if isinstance(nrows, tuple) and ncols is not None:
@@ -62,21 +68,27 @@ def full(
     return _finish(be.full(m, n, fill_value, dt), be, requires_grad)
 
 
-def zeros(nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None) -> Tensor2D:
+def zeros(
+    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None
+) -> Tensor2D:
     """An ``nrows x ncols`` matrix of zeros."""
     m, n = _size("zeros", nrows, ncols)
     be = _backends.get(backend)
     return _finish(be.full(m, n, 0, dtype_name(dtype)), be, requires_grad)
 
 
-def ones(nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None) -> Tensor2D:
+def ones(
+    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None
+) -> Tensor2D:
     """An ``nrows x ncols`` matrix of ones."""
     m, n = _size("ones", nrows, ncols)
     be = _backends.get(backend)
     return _finish(be.full(m, n, 1, dtype_name(dtype)), be, requires_grad)
 
 
-def eye(nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None) -> Tensor2D:
+def eye(
+    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None
+) -> Tensor2D:
     """The identity: ones on the diagonal (square when ``ncols`` is omitted)."""
     m, n = _size("eye", nrows, nrows if ncols is None else ncols)
     be = _backends.get(backend)
@@ -101,14 +113,18 @@ def uniform(
     return _finish(be.uniform(m, n, float(low), float(high), _float_dtype("uniform", dtype)), be, requires_grad)
 
 
-def rand(nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None) -> Tensor2D:
+def rand(
+    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None
+) -> Tensor2D:
     """Samples of U(0, 1)."""
     m, n = _size("rand", nrows, ncols)
     be = _backends.get(backend)
     return _finish(be.uniform(m, n, 0.0, 1.0, _float_dtype("rand", dtype)), be, requires_grad)
 
 
-def randn(nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None) -> Tensor2D:
+def randn(
+    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None
+) -> Tensor2D:
     """Samples of N(0, 1)."""
     m, n = _size("randn", nrows, ncols)
     be = _backends.get(backend)

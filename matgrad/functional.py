@@ -108,9 +108,7 @@ def linear(x: Tensor2D, weight: Tensor2D, bias: Tensor2D | None = None) -> Tenso
     if bias._backend is not be or bias.dtype != x.dtype:
         _same_storage("linear", x, bias)
     if bias._data.shape != (1, n):
-        raise ShapeError(
-            at_user_site(f"linear: bias is {_fmt(bias.shape)} but must be 1x{n} (1 x out_features)")
-        )
+        raise ShapeError(at_user_site(f"linear: bias is {_fmt(bias.shape)} but must be 1x{n} (1 x out_features)"))
     op = Linear()
     return record(op, op.forward(be, x._data, weight._data, bias._data), be, (x, weight, bias))
 
@@ -136,7 +134,9 @@ def _class_targets(name: str, targets: Any, logits: Tensor2D) -> Any:
             _same_storage(name, logits, targets.to(logits.dtype))
         if targets.shape not in ((n, 1), (1, n)):
             raise ShapeError(
-                at_user_site(f"{name}: {n} rows of logits need {n} targets (an {n}x1 column), got {_fmt(targets.shape)}")
+                at_user_site(
+                    f"{name}: {n} rows of logits need {n} targets (an {n}x1 column), got {_fmt(targets.shape)}"
+                )
             )
         t = targets
     else:
@@ -148,7 +148,10 @@ def _class_targets(name: str, targets: Any, logits: Tensor2D) -> Any:
             values = list(targets)
         else:
             raise TypeError(
-                at_user_site(f"{name}: targets must be an int64 Tensor2D or a list of class indices, got {type(targets).__name__}")
+                at_user_site(
+                    f"{name}: targets must be an int64 Tensor2D or a list of class indices, "
+                    f"got {type(targets).__name__}"
+                )
             )
         if len(values) != n:
             raise ShapeError(at_user_site(f"{name}: {n} rows of logits but {len(values)} targets"))
@@ -160,9 +163,7 @@ def _class_targets(name: str, targets: Any, logits: Tensor2D) -> Any:
     hi = be.tolist(be.max(t._data, None))[0][0]
     if lo < 0 or hi >= c:
         bad = lo if lo < 0 else hi
-        raise ArgumentError(
-            at_user_site(f"{name}: target {bad} is out of range for {c} classes (valid: 0 to {c - 1})")
-        )
+        raise ArgumentError(at_user_site(f"{name}: target {bad} is out of range for {c} classes (valid: 0 to {c - 1})"))
     return be.indices(t._data)
 
 
@@ -184,7 +185,7 @@ class CrossEntropy(Op):
         return "cross_entropy" if self.reduction == "mean" else f"cross_entropy({self.reduction})"
 
     def forward(self, be: Backend, x: Data, keep_probs: bool = True) -> Data:
-        n, c = x.shape
+        n = x.shape[0]
         top = be.max(x, 1)
         e = be.unary("exp", be.sub(x, top))
         total = be.sum(e, 1)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import builtins
 import math
 import numbers
-from typing import Any, ClassVar, Sequence, Union
+from typing import Any, Literal, Sequence, Union
 
 from matgrad import backends as _backends
 from matgrad._errors import BackendError, DTypeError, ShapeError, at_user_site
 from matgrad.autograd import Op, record
-from matgrad.backends.base import FLOAT_DTYPES, Backend, Data, Index
+from matgrad.backends.base import FLOAT_DTYPES, Axis, Backend, Data, Index
 from matgrad.tensor import Tensor2D, _wrap, dtype_name, get_default_dtype
 
 __all__ = [
@@ -102,8 +102,7 @@ def _same_storage(name: str, a: Tensor2D, b: Tensor2D) -> None:
     if a.dtype != b.dtype:
         raise DTypeError(
             at_user_site(
-                f"{name}: operands have different dtypes ({a.dtype} and {b.dtype}); "
-                f"convert one with .to({a.dtype!r})"
+                f"{name}: operands have different dtypes ({a.dtype} and {b.dtype}); convert one with .to({a.dtype!r})"
             )
         )
 
@@ -157,12 +156,12 @@ def _tensor(name: str, x: Any) -> Tensor2D:
     return x
 
 
-def _axis(name: str, axis: Any) -> Any:
+def _axis(name: str, axis: Any) -> Axis:
     if axis is None:
         return None
     if isinstance(axis, bool) or not isinstance(axis, int) or axis not in (0, 1, -1, -2):
         raise ShapeError(at_user_site(f"{name}: axis must be None, 0 or 1 (or -1, -2), got {axis!r}"))
-    return axis % 2
+    return 0 if axis % 2 == 0 else 1
 
 
 def check_inplace_operand(name: str, target: Tensor2D, other: Any) -> None:
@@ -487,7 +486,7 @@ def neg(a: Tensor2D) -> Tensor2D:
 
 def pow(a: Tensor2D, exponent: float) -> Tensor2D:
     """``a ** exponent`` for a constant real exponent."""
-    if isinstance(exponent, Tensor2D) or isinstance(exponent, bool) or not isinstance(exponent, numbers.Real):
+    if isinstance(exponent, (Tensor2D, bool)) or not isinstance(exponent, numbers.Real):
         raise TypeError(
             at_user_site(
                 f"pow: the exponent must be a real number, got {type(exponent).__name__}; for a "
@@ -499,7 +498,7 @@ def pow(a: Tensor2D, exponent: float) -> Tensor2D:
 
 def rpow(base: Any, a: Tensor2D) -> Tensor2D:
     """``base ** a`` for a positive constant base, as ``exp(a * log(base))``."""
-    if isinstance(base, bool) or not isinstance(base, numbers.Real) or not base > 0:
+    if isinstance(base, bool) or not isinstance(base, numbers.Real) or not float(base) > 0:
         raise ValueError(at_user_site(f"pow: {base!r} ** tensor needs a positive real base"))
     return exp(a * math.log(base))
 
@@ -613,9 +612,7 @@ def matmul(a: Tensor2D, b: Tensor2D) -> Tensor2D:
             hint = "; did you mean to transpose the right operand (a @ b.T)?"
         elif m == k2:
             hint = "; did you mean to transpose the left operand (a.T @ b)?"
-        raise ShapeError(
-            at_user_site(f"matmul ({m}x{k}) @ ({k2}x{n}): inner dimensions {k} and {k2} differ{hint}")
-        )
+        raise ShapeError(at_user_site(f"matmul ({m}x{k}) @ ({k2}x{n}): inner dimensions {k} and {k2} differ{hint}"))
     if a.dtype not in FLOAT_DTYPES:
         _need_float("matmul", a)
     be = a._backend
@@ -758,9 +755,8 @@ def to(a: Tensor2D, dtype: Any = None, backend: str | Backend | None = None) -> 
     be = a._backend if backend is None else _backends.get(backend)
     if dt == a.dtype and be is a._backend:
         return a
-    if dt == "int64" and a.dtype != "int64":
-        if not a._backend.all_finite(a._data):
-            raise DTypeError(at_user_site("to(int64): cannot convert NaN or Inf to int64"))
+    if dt == "int64" and a.dtype != "int64" and not a._backend.all_finite(a._data):
+        raise DTypeError(at_user_site("to(int64): cannot convert NaN or Inf to int64"))
     op = To(dt, be)
     data = op.forward(a._backend, a._data)
     if dt == "int64" or a.dtype == "int64":
@@ -774,14 +770,14 @@ class Cat(Op):
     __slots__ = ("axis",)
     name = "cat"
 
-    def __init__(self, axis: int) -> None:
+    def __init__(self, axis: Literal[0, 1]) -> None:
         self.axis = axis
 
     def describe(self) -> str:
         return f"cat(axis={self.axis})"
 
     def forward(self, be: Backend, *parts: Data) -> Data:
-        return be.cat(parts, self.axis)  # type: ignore[arg-type]
+        return be.cat(parts, self.axis)
 
     def backward(self, grad: Tensor2D, *inputs: Tensor2D) -> tuple[Tensor2D | None, ...]:
         out: list[Tensor2D | None] = []
@@ -947,9 +943,7 @@ def _one_axis(key: Any, size: int, axis: int, shape: tuple[int, int]) -> tuple[s
         values = list(key)
         for v in values:
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise TypeError(
-                    at_user_site(f"index: a list index must hold ints, found {type(v).__name__} {v!r}")
-                )
+                raise TypeError(at_user_site(f"index: a list index must hold ints, found {type(v).__name__} {v!r}"))
     else:
         raise TypeError(
             at_user_site(f"index: cannot index with {type(key).__name__}; use an int, a slice or a list of ints")
@@ -991,8 +985,7 @@ def index(a: Tensor2D, key: Any) -> Tensor2D:
         if len(rows) != len(cols):  # type: ignore[arg-type]
             raise IndexError(
                 at_user_site(
-                    f"index: paired row and column lists must have equal lengths, got "
-                    f"{len(rows)} and {len(cols)}"  # type: ignore[arg-type]
+                    f"index: paired row and column lists must have equal lengths, got {len(rows)} and {len(cols)}"  # type: ignore[arg-type]
                 )
             )
         op = Pick(rows, cols)
@@ -1138,7 +1131,7 @@ def argmin(a: Tensor2D, axis: int | None = None) -> Tensor2D:
 # ---------------------------------------------------------------------------------------------
 
 
-def _log_sum_exp(be: Backend, a: Data, axis: int) -> tuple[Data, Data]:
+def _log_sum_exp(be: Backend, a: Data, axis: Literal[0, 1]) -> tuple[Data, Data]:
     """``(shifted, lse)``: ``a - max`` and ``log(sum(exp(a - max))) + max`` along ``axis``."""
     top = be.max(a, axis)
     top = be.where(be.compare("eq", top, -math.inf, be.dtype(top)), 0.0, top)  # a row of -inf
@@ -1154,7 +1147,7 @@ class LogSumExp(Op):
     name = "logsumexp"
     needs_output = True
 
-    def __init__(self, axis: int) -> None:
+    def __init__(self, axis: Literal[0, 1]) -> None:
         self.axis = axis
 
     def forward(self, be: Backend, a: Data) -> Data:
@@ -1171,7 +1164,7 @@ class Softmax(Op):
     name = "softmax"
     needs_output = True
 
-    def __init__(self, axis: int) -> None:
+    def __init__(self, axis: Literal[0, 1]) -> None:
         self.axis = axis
 
     def forward(self, be: Backend, a: Data) -> Data:
@@ -1191,7 +1184,7 @@ class LogSoftmax(Op):
     name = "log_softmax"
     needs_output = True
 
-    def __init__(self, axis: int) -> None:
+    def __init__(self, axis: Literal[0, 1]) -> None:
         self.axis = axis
 
     def forward(self, be: Backend, a: Data) -> Data:
@@ -1201,11 +1194,11 @@ class LogSoftmax(Op):
         return (grad - exp(self.output) * grad.sum(self.axis),)
 
 
-def _axis01(name: str, axis: Any) -> int:
+def _axis01(name: str, axis: Any) -> Literal[0, 1]:
     ax = _axis(name, axis)
     if ax is None:
         raise ShapeError(at_user_site(f"{name}: axis must be 0 or 1 (1 = along each row)"))
-    return int(ax)
+    return ax
 
 
 def logsumexp(a: Tensor2D, axis: int = 1) -> Tensor2D:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import numbers
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
@@ -88,20 +89,14 @@ def _validate_rows(data: Sequence[Any]) -> Sequence[Sequence[Any]]:
     if not kinds <= {float, int}:
         for i, row in enumerate(data):
             for j, v in enumerate(row):
-                if type(v) not in (float, int) and (
-                    isinstance(v, bool) or not isinstance(v, numbers.Real)
-                ):
+                if type(v) not in (float, int) and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
                     _reject_element(v, f"[{i}][{j}]")
     return data
 
 
 def _validate_array(a: Any) -> None:
     if a.ndim != 2:
-        hint = (
-            "; use .reshape(1, -1) for a row or .reshape(-1, 1) for a column"
-            if a.ndim == 1
-            else ""
-        )
+        hint = "; use .reshape(1, -1) for a row or .reshape(-1, 1) for a column" if a.ndim == 1 else ""
         raise ShapeError(f"Tensor2D: expected a 2-D array, got {a.ndim}-D with shape {tuple(a.shape)}{hint}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ShapeError(
@@ -271,7 +266,10 @@ class Tensor2D:
         """The single value of a 1x1 tensor, as a Python number."""
         if self.shape != (1, 1):
             raise ShapeError(
-                at_user_site(f"item: needs a 1x1 tensor, this one is {self.nrows}x{self.ncols}; reduce it first (.sum(), .mean())")
+                at_user_site(
+                    f"item: needs a 1x1 tensor, this one is {self.nrows}x{self.ncols}; "
+                    "reduce it first (.sum(), .mean())"
+                )
             )
         return self._backend.tolist(self._data)[0][0]
 
@@ -364,7 +362,7 @@ class Tensor2D:
         self._backend.assign(self._data, src._data if isinstance(src, Tensor2D) else float(src))
         return self
 
-    def add_(self, other: Tensor2D | Scalar, alpha: float = 1.0) -> Tensor2D:
+    def add_(self, other: Tensor2D | Scalar, alpha: builtins.float = 1.0) -> Tensor2D:
         """``self += alpha * other`` in place; returns ``self``."""
         self._check_inplace("add_")
         _ops.check_inplace_operand("add_", self, other)
@@ -469,7 +467,7 @@ class Tensor2D:
     def matmul(self, other: Tensor2D) -> Tensor2D:
         return _ops.matmul(self, other)
 
-    def pow(self, exponent: float) -> Tensor2D:
+    def pow(self, exponent: builtins.float) -> Tensor2D:
         return _ops.pow(self, exponent)
 
     def exp(self) -> Tensor2D:
@@ -513,7 +511,7 @@ class Tensor2D:
     def relu(self) -> Tensor2D:
         return _ops.relu(self)
 
-    def leaky_relu(self, negative_slope: float = 0.01) -> Tensor2D:
+    def leaky_relu(self, negative_slope: builtins.float = 0.01) -> Tensor2D:
         return _ops.leaky_relu(self, negative_slope)
 
     def sigmoid(self) -> Tensor2D:

@@ -19,7 +19,9 @@ from typing import Any
 try:
     from hypothesis import strategies as st
 except ImportError as exc:  # pragma: no cover - exercised only without hypothesis
-    raise ImportError('matgrad.testing needs hypothesis: pip install "matgrad[test]" (or pip install hypothesis)') from exc
+    raise ImportError(
+        'matgrad.testing needs hypothesis: pip install "matgrad[test]" (or pip install hypothesis)'
+    ) from exc
 
 from matgrad.tensor import Tensor2D
 

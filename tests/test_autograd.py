@@ -195,7 +195,7 @@ def test_second_backward_through_released_graph(backend: str) -> None:
     x = leaf([[1.0, 2.0]])
     loss = (x.exp() * 2.0).sum()
     loss.backward()
-    with pytest.raises(mg.GraphError, match="second time.*retain_graph=True"):
+    with pytest.raises(mg.GraphError, match=r"second time.*retain_graph=True"):
         loss.backward()
 
 

@@ -24,8 +24,11 @@ NP = backends.get("numpy")
 
 
 def test_every_kernel_is_implemented_by_both() -> None:
-    abstract = {name for name, _ in inspect.getmembers(Backend) if getattr(Backend, name, None) is not None
-                and getattr(getattr(Backend, name), "__isabstractmethod__", False)}
+    abstract = {
+        name
+        for name, _ in inspect.getmembers(Backend)
+        if getattr(Backend, name, None) is not None and getattr(getattr(Backend, name), "__isabstractmethod__", False)
+    }
     assert abstract, "the interface declares its kernels as abstract methods"
     for cls in (type(PY), type(NP)):
         assert not cls.__abstractmethods__, f"{cls.__name__} misses {sorted(cls.__abstractmethods__)}"
@@ -169,7 +172,9 @@ def test_python_backend_ieee_edges() -> None:
     assert math.isnan(PY.tolist(PY.unary("sqrt", a))[0][2])
     div = PY.tolist(PY.div(PY.from_rows([[1.0, -1.0, 0.0]], "float64"), 0.0))[0]
     assert div[0] == math.inf and div[1] == -math.inf and math.isnan(div[2])
-    powed = PY.tolist(PY.pow(PY.from_rows([[-8.0, 0.0, 10.0]], "float64"), PY.from_rows([[1 / 3, -1.0, 400.0]], "float64")))[0]
+    powed = PY.tolist(
+        PY.pow(PY.from_rows([[-8.0, 0.0, 10.0]], "float64"), PY.from_rows([[1 / 3, -1.0, 400.0]], "float64"))
+    )[0]
     assert math.isnan(powed[0]) and powed[1] == math.inf and powed[2] == math.inf
     sig = PY.tolist(PY.unary("sigmoid", PY.from_rows([[-1000.0, 1000.0]], "float64")))[0]
     assert sig == [0.0, 1.0]
@@ -210,7 +215,9 @@ def test_float32_emulation_matches_numpy_bits() -> None:
 def test_uint8_loading_is_identical() -> None:
     buf = bytes(range(256)) * 3
     for dtype, divisor in (("float32", 255), ("float64", 255), ("int64", 1)):
-        assert PY.tolist(PY.from_uint8(buf, 3, 256, divisor, dtype)) == NP.from_uint8(buf, 3, 256, divisor, dtype).tolist()
+        assert (
+            PY.tolist(PY.from_uint8(buf, 3, 256, divisor, dtype)) == NP.from_uint8(buf, 3, 256, divisor, dtype).tolist()
+        )
 
 
 # -- selection -----------------------------------------------------------------------------------

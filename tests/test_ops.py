@@ -61,7 +61,9 @@ def test_backends_agree(case: Case, data: st.DataObject) -> None:
         assert out_py.shape == out_np.shape
         assert out_py.dtype == out_np.dtype == dtype
         assert_close(out_py, out_np, rtol=tol, atol=tol)
-        upstream = mg.Tensor2D([[0.5 + 0.25 * ((i + 2 * j) % 5) for j in range(out_py.ncols)] for i in range(out_py.nrows)])
+        upstream = mg.Tensor2D(
+            [[0.5 + 0.25 * ((i + 2 * j) % 5) for j in range(out_py.ncols)] for i in range(out_py.nrows)]
+        )
         out_py.backward(upstream.to(dtype, out_py.backend))
         out_np.backward(upstream.to(dtype, out_np.backend))
         for a, b in zip(py, np_):

@@ -80,9 +80,7 @@ def _resolve_default() -> Backend:
     env = os.environ.get("MATGRAD_BACKEND", "").strip()
     if env:
         if env not in NAMES:
-            raise BackendError(
-                f"MATGRAD_BACKEND={env!r} is not a backend; set it to 'numpy' or 'python'"
-            )
+            raise BackendError(f"MATGRAD_BACKEND={env!r} is not a backend; set it to 'numpy' or 'python'")
         _default = get(env)
     else:
         _default = get("numpy" if _numpy_installed() else "python")

@@ -196,9 +196,7 @@ class Backend(ABC):
         """The submatrix of the selected rows and columns (outer indexing, as ``np.ix_``)."""
 
     @abstractmethod
-    def take_adjoint(
-        self, g: Data, nrows: int, ncols: int, rows: Index, cols: Index
-    ) -> Data:
+    def take_adjoint(self, g: Data, nrows: int, ncols: int, rows: Index, cols: Index) -> Data:
         """Zeros of ``nrows x ncols`` with ``g`` scatter-added at ``take``'s positions."""
 
     @abstractmethod

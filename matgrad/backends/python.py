@@ -562,9 +562,7 @@ class PythonBackend(Backend):
         row_ids = range(a.nrows) if rows is None else rows
         return Matrix._wrap(len(row_ids), 1, [d[r * n + c] for r, c in zip(row_ids, cols)], a.dtype)
 
-    def pick_adjoint(
-        self, g: Matrix, nrows: int, ncols: int, rows: list[int] | None, cols: list[int]
-    ) -> Matrix:
+    def pick_adjoint(self, g: Matrix, nrows: int, ncols: int, rows: list[int] | None, cols: list[int]) -> Matrix:
         zero = 0 if g.dtype == "int64" else 0.0
         out = [zero] * (nrows * ncols)
         for v, r, c in zip(g.data, range(nrows) if rows is None else rows, cols):
