@@ -26,7 +26,16 @@ from matgrad._errors import (
     MatgradError,
     ShapeError,
 )
-from matgrad.autograd import enable_grad, grad, is_grad_enabled, no_grad, set_grad_enabled
+from matgrad.autograd import (
+    detect_anomaly,
+    enable_grad,
+    grad,
+    is_anomaly_enabled,
+    is_grad_enabled,
+    no_grad,
+    set_debug,
+    set_grad_enabled,
+)
 from matgrad.backends import available_backends, get_backend, manual_seed, set_backend
 from matgrad.creation import eye, full, full_like, ones, ones_like, rand, randn, uniform, zeros, zeros_like
 from matgrad.gradcheck import gradcheck, gradgradcheck
@@ -64,6 +73,7 @@ __all__ = [
     "argmin",
     "available_backends",
     "cat",
+    "detect_anomaly",
     "enable_grad",
     "exp",
     "eye",
@@ -75,6 +85,7 @@ __all__ = [
     "grad",
     "gradcheck",
     "gradgradcheck",
+    "is_anomaly_enabled",
     "is_grad_enabled",
     "log",
     "log_softmax",
@@ -88,6 +99,7 @@ __all__ = [
     "randn",
     "relu",
     "set_backend",
+    "set_debug",
     "set_default_dtype",
     "set_grad_enabled",
     "sigmoid",

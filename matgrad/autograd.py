@@ -12,6 +12,7 @@ its input was a broadcast ``(1, n)``, ``(m, 1)`` or ``(1, 1)`` operand, the engi
 from __future__ import annotations
 
 import functools
+import os
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence, TypeVar
 
@@ -24,10 +25,13 @@ if TYPE_CHECKING:
 __all__ = [
     "Op",
     "backward",
+    "detect_anomaly",
     "enable_grad",
     "grad",
     "is_grad_enabled",
     "no_grad",
+    "is_anomaly_enabled",
+    "set_debug",
     "set_grad_enabled",
 ]
 
@@ -36,7 +40,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Module globals read on every op: the cheapest state CPython can look up.
 _grad_enabled = True
 _anomaly = False
-_debug = False
+_debug = os.environ.get("MATGRAD_DEBUG", "").strip() not in ("", "0", "false", "False")
 # The stack of nn.Modules being called (outermost first), recorded on each op for diagrams.
 _scope: tuple[Any, ...] = ()
 
@@ -110,6 +114,48 @@ class set_grad_enabled(_GradMode):
         return super().__call__(fn)
 
 
+class detect_anomaly:
+    """Check every op's output and every gradient for NaN and Inf; raise ``AnomalyError`` at the first.
+
+    A context manager (``with matgrad.detect_anomaly():``) and a decorator. The error names the
+    op that produced the first non-finite value, forward or backward, its shapes, and the
+    user's file and line where that op was called. Outside it the check costs nothing.
+    """
+
+    def __init__(self) -> None:
+        self._prev: list[bool] = []
+
+    def __enter__(self) -> detect_anomaly:
+        global _anomaly
+        self._prev.append(_anomaly)
+        _anomaly = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _anomaly
+        _anomaly = self._prev.pop()
+
+    def __call__(self, fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with detect_anomaly():
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+
+def is_anomaly_enabled() -> bool:
+    """True inside ``detect_anomaly()``."""
+    return _anomaly
+
+
+def set_debug(mode: bool = True) -> None:
+    """Record the user's call site on every op (also ``MATGRAD_DEBUG=1``), so errors raised later,
+    in backward or by anomaly detection, point at the user's own line. Costs a stack walk per op."""
+    global _debug
+    _debug = bool(mode)
+
+
 class Op:
     """One node of the graph: the op that produced a tensor, with its inputs in order.
 
@@ -175,7 +221,7 @@ def record(op: Op, data: Data, backend: Backend, inputs: tuple[Tensor2D, ...]) -
             op.scope = _scope
             if op.needs_output:
                 op._out = weakref.ref(out)
-            if _debug:
+            if _debug or _anomaly:
                 op.site = user_site()
             out._op = op
             out.requires_grad = True
@@ -187,15 +233,21 @@ def _shapes(tensors: Iterable[Tensor2D]) -> str:
 
 
 def _site_of(op: Op) -> str:
-    site = getattr(op, "site", None) or user_site()
-    return f" (at {site})" if site else ""
+    site = getattr(op, "site", None)
+    if site:
+        return f"; the op was called at {site}"
+    return (
+        "; its call site was not recorded: run the forward pass inside detect_anomaly() "
+        "or after matgrad.set_debug(True) to see it"
+    )
 
 
 def _check_forward(op: Op, out: Tensor2D, inputs: tuple[Tensor2D, ...]) -> None:
     if not out._backend.all_finite(out._data) and all(t._backend.all_finite(t._data) for t in inputs):
+        site = user_site()
         raise AnomalyError(
             f"{op.describe()} produced NaN or Inf in its {out.nrows}x{out.ncols} output from "
-            f"finite inputs ({_shapes(inputs)}){_site_of(op)}"
+            f"finite inputs ({_shapes(inputs)})" + (f" at {site}" if site else "")
         )
 
 
@@ -310,7 +362,10 @@ def _run(
                         "recompute the forward pass)"
                     )
                 )
-            in_grads = op.backward(g, *op.inputs)
+            if _anomaly:  # blame the op whose rule failed, not the ops the rule is made of
+                in_grads = _backward_unchecked(op, g)
+            else:
+                in_grads = op.backward(g, *op.inputs)
             for i, (inp, need, ig) in enumerate(zip(op.inputs, op.needs_input_grad, in_grads)):
                 if not need or ig is None:
                     continue
@@ -326,6 +381,15 @@ def _run(
     finally:
         _grad_enabled = saved_mode
     return captured
+
+
+def _backward_unchecked(op: Op, g: Tensor2D) -> tuple[Tensor2D | None, ...]:
+    global _anomaly
+    _anomaly = False
+    try:
+        return op.backward(g, *op.inputs)
+    finally:
+        _anomaly = True
 
 
 def backward(

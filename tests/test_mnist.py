@@ -13,6 +13,8 @@ import random
 import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -94,6 +96,32 @@ def test_sample_readme_checksums_and_size() -> None:
         assert sha256_uncompressed(Path(SAMPLE_DIR, name)) == digest
     total = sum(p.stat().st_size for p in Path(SAMPLE_DIR).iterdir())
     assert total < 2 * 2**20
+
+
+NO_NUMPY = """
+import sys
+sys.modules["numpy"] = None  # as if NumPy were not installed
+import matgrad
+from matgrad.data import DataLoader, load_mnist
+assert matgrad.get_backend() == "python"
+data = load_mnist(sample=True)
+xb, yb = next(iter(DataLoader(data.x_train, data.y_train, 32, shuffle=True)))
+assert (xb.shape, yb.shape, xb.backend) == ((32, 784), (32, 1), "python")
+print("ok")
+"""
+
+
+def test_sample_and_loader_work_without_numpy() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MATGRAD_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", NO_NUMPY], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_import_is_light() -> None:
+    code = "import sys, matgrad.data; print(sorted({'numpy', 'tqdm', 'urllib.request'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 # -- loading from a directory ---------------------------------------------------------------------
@@ -388,7 +416,7 @@ def test_all_mirrors_fail(tmp_path: Path, server: Server) -> None:
     lines = str(info.value).splitlines()
     for mode, line in zip(modes, lines[1:]):
         assert re.fullmatch(rf"  {re.escape(url(server, mode))}train-images-idx3-ubyte.gz: {FAILURES[mode]}.*", line)
-    assert f"nothing was written to {tmp_path}" in lines[len(modes) + 1]
+    assert f"no file was written to {tmp_path}" in lines[len(modes) + 1]
     assert "sample=True" in lines[-1]
     assert list(tmp_path.iterdir()) == []
 
@@ -450,6 +478,13 @@ def test_checksum_mismatch_never_accepted(tmp_path: Path, server: Server) -> Non
     with pytest.raises(DataError, match="checksum mismatch"):
         fetch(tmp_path, [url(server, "wrong"), url(server, "wrong")])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_root(tmp_path: Path, server: Server) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(DataError, match=r"cannot write to .*file/mnist: .*pass root= a writable directory"):
+        fetch(tmp_path / "file" / "mnist", [url(server, "good")])
+    assert server.log == []
 
 
 def test_default_mirrors_are_https() -> None:

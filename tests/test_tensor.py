@@ -354,6 +354,15 @@ def test_index_errors(backend: str, key: object, error: type, match: str) -> Non
         mg.Tensor2D(M)[key]  # type: ignore[index]
 
 
+def test_slices_do_not_share_storage(backend: str) -> None:
+    """Regression: on numpy, x[0:2] was a view, so an in-place update leaked into x."""
+    x = mg.Tensor2D([[1.0], [2.0], [3.0]])
+    part = x[0:2]
+    part.add_(100.0)
+    assert x.tolist() == [[1.0], [2.0], [3.0]]
+    assert x.reshape(1, 3).T is not x
+
+
 def test_len_and_iteration(backend: str) -> None:
     x = mg.Tensor2D(M)
     assert len(x) == 4

@@ -224,7 +224,8 @@ class NumpyBackend(Backend):
             out = xp.take(a[rows], cols, axis=1)
         else:
             out = a[xp.ix_(rows, cols)]
-        return xp.ascontiguousarray(out) if out.base is not None else out
+        # basic slicing returns a view, contiguous or not: copy, so the result owns its storage
+        return out.copy() if out.base is not None else out
 
     def take_adjoint(self, g: Any, nrows: int, ncols: int, rows: Index, cols: Index) -> Any:
         xp = self.xp

@@ -216,14 +216,16 @@ def _download(root: str, name: str, mirrors: list[str], timeout: float, progress
     """Fetch ``name`` into ``root`` from the first mirror that gives the right bytes; its path."""
     import http.client
 
-    os.makedirs(root, exist_ok=True)
-    remove_stale_temps(root, name, STALE_AFTER)
     size = FILES[name][0]
     limit = size + size // 8 + (1 << 16)  # raw or gzip (incompressible data grows a little)
     failures: list[str] = []
-    for mirror in mirrors:
+    for i, mirror in enumerate(mirrors):
         url = f"{mirror}{name}.gz"
-        tmp, f = new_temp(root, name + ".gz")
+        try:
+            os.makedirs(root, exist_ok=True)
+            tmp, f = new_temp(root, name + ".gz")
+        except OSError as exc:
+            raise DataError(f"cannot write to {root}: {exc.strerror or exc}; pass root= a writable directory") from None
         try:
             try:
                 with f:
@@ -237,20 +239,21 @@ def _download(root: str, name: str, mirrors: list[str], timeout: float, progress
                 final = os.path.join(root, name + ".gz" if gz else name)
                 os.replace(tmp, final)
                 return final
-            if progress:
+            if progress and i + 1 < len(mirrors):
                 print(f"matgrad: {failures[-1].strip()}; trying the next mirror", file=sys.stderr)
         finally:
             remove_quietly(tmp)  # any failure, KeyboardInterrupt included: no partial file remains
     raise DataError(
         f"could not download {name}.gz from any mirror:\n"
         + "\n".join(failures)
-        + f"\nnothing was written to {root}. Check the network, pass mirrors=[...], copy the MNIST files "
+        + f"\nno file was written to {root}. Check the network, pass mirrors=[...], copy the MNIST files "
         "there by hand, or use sample=True for the sample shipped with matgrad."
     )
 
 
 def _ensure(root: str, name: str, mirrors: list[str], timeout: float, progress: bool) -> tuple[str, IdxArray]:
     """A verified copy of ``name`` in ``root``: the file present if valid, else a fresh download."""
+    remove_stale_temps(root, name, STALE_AFTER)
     invalid: list[str] = []
     for path in _candidates(root, name):
         if not os.path.isfile(path):
