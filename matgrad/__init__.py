@@ -13,9 +13,11 @@ A ``Tensor2D`` wraps a row-major matrix and records the op and the inputs that m
 
 from __future__ import annotations
 
+from typing import Any
+
 # tensor first: the modules below import Tensor2D from it
 from matgrad.tensor import Tensor2D, get_default_dtype, set_default_dtype  # isort: skip
-from matgrad import functional
+from matgrad import data, functional, metrics, nn, optim
 from matgrad._errors import (
     AnomalyError,
     ArgumentError,
@@ -39,6 +41,7 @@ from matgrad.autograd import (
 from matgrad.backends import available_backends, get_backend, manual_seed, set_backend
 from matgrad.creation import eye, full, full_like, ones, ones_like, rand, randn, uniform, zeros, zeros_like
 from matgrad.gradcheck import gradcheck, gradgradcheck
+from matgrad.io import load, save
 from matgrad.ops import (
     argmax,
     argmin,
@@ -58,6 +61,16 @@ from matgrad.ops import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> Any:
+    # matgrad.viz imports the graphviz package (~25 ms): load it on first use, not at import.
+    if name == "viz":
+        import importlib
+
+        return importlib.import_module("matgrad.viz")
+    raise AttributeError(f"module 'matgrad' has no attribute {name!r}")
+
+
 __all__ = [
     "AnomalyError",
     "ArgumentError",
@@ -73,6 +86,7 @@ __all__ = [
     "argmin",
     "available_backends",
     "cat",
+    "data",
     "detect_anomaly",
     "enable_grad",
     "exp",
@@ -87,17 +101,22 @@ __all__ = [
     "gradgradcheck",
     "is_anomaly_enabled",
     "is_grad_enabled",
+    "load",
     "log",
     "log_softmax",
     "logsumexp",
     "manual_seed",
     "matmul",
+    "metrics",
+    "nn",
     "no_grad",
     "ones",
     "ones_like",
+    "optim",
     "rand",
     "randn",
     "relu",
+    "save",
     "set_backend",
     "set_debug",
     "set_default_dtype",
@@ -107,6 +126,7 @@ __all__ = [
     "sqrt",
     "tanh",
     "uniform",
+    "viz",
     "where",
     "zeros",
     "zeros_like",

@@ -338,6 +338,9 @@ def _run(
         prev = pending.get(id(r))
         pending[id(r)] = s if prev is None else prev + s
     captured: dict[int, Tensor2D] = {}
+    # Storage already handed out as a .grad (or owned by the caller's seed): a rule may return one
+    # gradient for two inputs (add), and two leaves must never share a .grad buffer.
+    handed_out = {id(s._data) for s in seeds}
     saved_mode = _grad_enabled
     _grad_enabled = create_graph
     try:
@@ -351,7 +354,12 @@ def _run(
                     captured[id(node)] = g
             elif op is None or node._retain:
                 g_store = g if create_graph else g.detach()
-                node.grad = g_store if node.grad is None else node.grad + g_store
+                if node.grad is not None:
+                    g_store = node.grad + g_store
+                elif id(g_store._data) in handed_out:
+                    g_store = _wrap(g_store._backend.copy(g_store._data), g_store._backend)
+                handed_out.add(id(g_store._data))
+                node.grad = g_store
             if op is None:
                 continue
             if op.released:

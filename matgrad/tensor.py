@@ -111,6 +111,19 @@ def _validate_array(a: Any) -> None:
         raise TypeError(f"Tensor2D: an array of dtype {a.dtype} is not numeric")
 
 
+def _foreign_array(data: Any) -> Any:
+    """A NumPy array (or nested lists) from another library's tensor, detached and on the CPU."""
+    for method in ("detach", "cpu"):
+        if callable(getattr(data, method, None)):
+            data = getattr(data, method)()
+    if callable(getattr(data, "numpy", None)):
+        try:
+            return data.numpy()
+        except (ImportError, RuntimeError, TypeError):
+            pass
+    return data.tolist()
+
+
 def _require_finite(backend: Backend, data: Any) -> None:
     """int64 has no NaN or Inf: refuse them before converting."""
     if not backend.all_finite(data):
@@ -134,6 +147,8 @@ def _convert(data: Any, backend: Backend, dtype: str) -> Any:
         return backend.full(1, 1, data, dtype)  # type: ignore[arg-type]
     if isinstance(data, complex):
         raise TypeError("Tensor2D: complex numbers are not supported; matgrad holds real numbers only")
+    if _is_array(data) and not hasattr(data.dtype, "kind"):
+        data = _foreign_array(data)  # e.g. a torch tensor: go through NumPy (or nested lists)
     if _is_array(data):
         _validate_array(data)
         out = backend.from_array(data, dtype)

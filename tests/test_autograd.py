@@ -351,3 +351,23 @@ def test_dtype_conversion_is_differentiable(backend: str) -> None:
     (x.float() * 3.0).sum().backward()
     assert x.grad.dtype == "float64"
     assert x.grad.tolist() == [[3.0, 3.0]]
+
+
+def test_leaf_gradients_never_share_storage(backend: str) -> None:
+    """Regression: add's rule returns one gradient for both inputs, and both leaves stored it."""
+    x = leaf([[1.0, 2.0]])
+    y = leaf([[3.0, 4.0]])
+    (x + y).sum().backward()
+    assert x.grad is not y.grad
+    with mg.no_grad():
+        x.grad.add_(10.0)
+    assert y.grad.tolist() == [[1.0, 1.0]]
+
+
+def test_leaf_gradient_does_not_alias_the_seed(backend: str) -> None:
+    x = leaf([[1.0, 2.0]])
+    seed = mg.Tensor2D([[5.0, 6.0]], dtype="float64")
+    x.backward(seed)
+    with mg.no_grad():
+        seed.add_(1.0)
+    assert x.grad.tolist() == [[5.0, 6.0]]

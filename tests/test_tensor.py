@@ -448,3 +448,22 @@ def test_in_place_float32_rounds(backend: str) -> None:
     p = mg.zeros(1, 1)
     p.add_(mg.Tensor2D([[0.1]]), alpha=1.0)
     assert p.item() == float(np.float32(0.1))
+
+
+def test_pickle_and_deepcopy(backend: str) -> None:
+    """Regression: the numpy backend holds a module, which made tensors unpicklable."""
+    import copy
+    import pickle
+
+    x = mg.Tensor2D([[1.5, -2.0]], dtype="float64")
+    for clone in (copy.deepcopy(x), pickle.loads(pickle.dumps(x))):
+        assert clone.tolist() == x.tolist() and clone.backend == backend and clone.dtype == "float64"
+
+
+def test_from_torch_tensor(backend: str) -> None:
+    """Regression: a torch tensor's dtype has no .kind, which crashed validation."""
+    torch = pytest.importorskip("torch")
+    t = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64, requires_grad=True)
+    assert mg.Tensor2D(t, dtype="float64").tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    with pytest.raises(mg.ShapeError, match="flat list|2-D"):
+        mg.Tensor2D(torch.ones(3))

@@ -129,10 +129,9 @@ def test_same_graph_gives_the_same_bytes() -> None:
     _, loss_a = mlp_loss((20, 8, 4), batch=5)
     mg.manual_seed(1)
     _, loss_b = mlp_loss((20, 8, 4), batch=5)
-    kwargs = {"show_values": True, "show_grad": True}
-    first = viz.draw_graph(loss_a, **kwargs).source
-    assert first == viz.draw_graph(loss_a, **kwargs).source  # the same graph twice
-    assert first == viz.draw_graph(loss_b, **kwargs).source  # an identical graph built anew
+    first = viz.draw_graph(loss_a, show_values=True, show_grad=True).source
+    assert first == viz.draw_graph(loss_a, show_values=True, show_grad=True).source  # the same graph twice
+    assert first == viz.draw_graph(loss_b, show_values=True, show_grad=True).source  # built anew
     ids = re.findall(r"^\t(\w+) \[", first, flags=re.M)
     assert ids[:3] == ["graph", "node", "edge"]
     assert all(re.fullmatch(r"t\d+|op\d+|legend", i) for i in ids[3:])
@@ -157,7 +156,8 @@ class Encoder(nn.Module):
         self.head = nn.Linear(5, 3, bias=False)
 
     def forward(self, x: mg.Tensor2D) -> mg.Tensor2D:
-        return self.head(self.body(x))
+        out: mg.Tensor2D = self.head(self.body(x))
+        return out
 
 
 @needs_dot
@@ -300,6 +300,8 @@ def test_backward_draws_the_gradient_graph_and_leaves_grad_alone() -> None:
         assert name in words
     assert "softmax" in words and "matmul(A.T @ B)" in words and "forward op" in words
     assert 'style="dashed,filled"' in dot.source  # forward ops the gradient reads, drawn dimmed
+    renamed = viz.draw_graph(loss, backward=True, params=((f"p{i}", p) for i, p in enumerate(model.parameters())))
+    assert "<B>grad p0</B>" in renamed.source and "<B>p0</B>" in renamed.source  # an iterator, read twice
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(mg.GraphError, match="retain_graph=True"):

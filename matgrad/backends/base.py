@@ -39,6 +39,12 @@ class Backend(ABC):
     def __repr__(self) -> str:
         return f"<matgrad backend {self.name!r}>"
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # Backends are per-process singletons holding modules: pickle (and deepcopy) by name.
+        from matgrad.backends import get
+
+        return get, (self.name,)
+
     # -- construction and conversion ---------------------------------------------------------
     @abstractmethod
     def from_rows(self, rows: Sequence[Sequence[float]], dtype: str) -> Data:

@@ -48,6 +48,16 @@ class Parameter(Tensor2D):
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
 
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # copy.deepcopy and pickle: the values, dtype and backend name (a backend object holds
+        # a module and cannot be pickled); .grad is dropped, as PyTorch's Parameter does.
+        data = self.numpy() if self.backend == "numpy" else self.tolist()
+        return (_rebuild_parameter, (data, self.dtype, self.backend, self.requires_grad))
+
+
+def _rebuild_parameter(data: Any, dtype: str, backend: str, requires_grad: bool) -> Parameter:
+    return Parameter(Tensor2D(data, dtype=dtype, backend=backend), requires_grad)
+
 
 class IncompatibleKeys(NamedTuple):
     """What ``load_state_dict(strict=False)`` did not match: ``(missing_keys, unexpected_keys)``."""

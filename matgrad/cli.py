@@ -1,0 +1,392 @@
+"""The ``matgrad`` command: train an MLP on MNIST, evaluate a checkpoint, draw graphs, show setup.
+
+    matgrad train                      # the shipped 5,000-image sample, MLP 784-128-10, SGD
+    matgrad train --data DIR --epochs 3 --save model.safetensors
+    matgrad eval --model model.safetensors
+    matgrad graph --hidden 128,64 -o mlp.svg
+    matgrad info
+
+Errors (bad options, missing files, unreadable checkpoints) print one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import time
+from typing import Any, NoReturn, Sequence
+
+__all__ = ["main"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with a pointer to --help), not usage plus error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# -- argument types ---------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def _hidden_sizes(text: str) -> list[int]:
+    sizes = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            size = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes like 128,64, got {text!r}") from None
+        if size < 1:
+            raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {size}")
+        sizes.append(size)
+    return sizes
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from matgrad import __version__
+
+    parser = _Parser(
+        prog="matgrad",
+        description="Autodiff at matrix granularity: train an MLP on MNIST from scratch, and look inside.",
+    )
+    parser.add_argument("--version", action="version", version=f"matgrad {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,graph,info}", parser_class=_Parser)
+
+    def data_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", metavar="DIR", help="MNIST directory (the four IDX files); default: the shipped sample")
+        p.add_argument("--download", action="store_true", help="download MNIST into --data (or the cache) if missing")
+        p.add_argument("--backend", choices=["numpy", "python"], help="matrix backend (default: numpy if installed)")
+
+    train = sub.add_parser("train", help="train an MLP on MNIST", description="Train an MLP on MNIST.")
+    data_options(train)
+    train.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training set (default 10)")
+    train.add_argument("--batch-size", type=_positive_int, default=64, help="examples per step (default 64)")
+    train.add_argument("--lr", type=_non_negative_float, default=0.05, help="learning rate (default 0.05)")
+    train.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimiser (default sgd)")
+    train.add_argument("--momentum", type=_non_negative_float, default=0.9, help="SGD momentum (default 0.9)")
+    train.add_argument(
+        "--hidden", type=_hidden_sizes, default=[128], metavar="SIZES", help="hidden layer sizes (default 128)"
+    )
+    train.add_argument("--seed", type=int, default=0, help="random seed for init and shuffling (default 0)")
+    train.add_argument("--limit", type=_positive_int, metavar="N", help="train on the first N images only")
+    train.add_argument("--save", metavar="FILE", help="write the trained model (.safetensors)")
+    train.add_argument("--graph", metavar="FILE", help="draw the loss graph of one batch (.svg, .png, .pdf, .dot)")
+    train.add_argument("--plot", metavar="FILE", help="draw loss and accuracy curves (needs matplotlib)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    ev = sub.add_parser("eval", help="evaluate a saved model", description="Evaluate a saved MLP on MNIST's test set.")
+    ev.add_argument("--model", required=True, metavar="FILE", help="checkpoint written by `matgrad train --save`")
+    data_options(ev)
+
+    graph = sub.add_parser("graph", help="draw an MLP's loss graph", description="Draw an untrained MLP's loss graph.")
+    graph.add_argument("--hidden", type=_hidden_sizes, default=[128], metavar="SIZES", help="hidden sizes (128,64)")
+    graph.add_argument("-o", "--output", default="mlp.svg", metavar="FILE", help="output file (default mlp.svg)")
+    graph.add_argument("--batch-size", type=_positive_int, default=8, help="rows in the example batch (default 8)")
+    graph.add_argument("--backward", action="store_true", help="draw the gradient graph instead")
+
+    sub.add_parser("info", help="versions, backends, Graphviz, data cache", description="Show the setup.")
+    return parser
+
+
+# -- shared pieces ------------------------------------------------------------------------------
+
+
+def _use_backend(name: str | None) -> None:
+    import matgrad as mg
+
+    if name is not None:
+        mg.set_backend(name)
+
+
+def _load_data(args: argparse.Namespace) -> Any:
+    from matgrad.data import load_mnist
+
+    if args.data is None and not args.download:
+        return load_mnist(sample=True), "the shipped MNIST sample"
+    data = load_mnist(args.data, download=args.download)
+    return data, f"MNIST from {args.data or 'the data cache'}"
+
+
+def _mlp_metadata(sizes: Sequence[int]) -> dict[str, str]:
+    return {"format": "matgrad.nn.MLP", "sizes": ",".join(map(str, sizes)), "activation": "relu"}
+
+
+def _plot_curves(path: str, history: list[dict[str, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, [h["loss"] for h in history], marker="o")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    ax_acc.plot(epochs, [h["train_acc"] for h in history], marker="o", label="train")
+    ax_acc.plot(epochs, [h["test_acc"] for h in history], marker="o", label="test")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.legend()
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}{os.path.splitext(path)[1]}"
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _check_writable(path: str, option: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CommandError(f"{option} {path}: the folder {folder} does not exist")
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def _train(args: argparse.Namespace) -> int:
+    import matgrad as mg
+    import matgrad.functional as F
+    from matgrad import nn, optim
+    from matgrad.data import DataLoader
+    from matgrad.metrics import accuracy, confusion_matrix, format_confusion_matrix, predict
+
+    for option, path in (("--save", args.save), ("--graph", args.graph), ("--plot", args.plot)):
+        if path:
+            _check_writable(path, option)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CommandError('--plot needs matplotlib: pip install "matgrad[plot]"') from None
+    _use_backend(args.backend)
+    data, source = _load_data(args)
+    x_train, y_train = data.x_train, data.y_train
+    if args.limit is not None:
+        n = min(args.limit, x_train.nrows)
+        x_train, y_train = x_train[:n], y_train[:n]
+
+    mg.manual_seed(args.seed)
+    sizes = [x_train.ncols, *args.hidden, 10]
+    model = nn.MLP(sizes)
+    if args.optimizer == "sgd":
+        opt: optim.Optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+        recipe = f"SGD lr {args.lr:g}, momentum {args.momentum:g}"
+    else:
+        opt = optim.Adam(model.parameters(), lr=args.lr)
+        recipe = f"Adam lr {args.lr:g}"
+    loader = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed)
+    print(f"matgrad {mg.__version__} | backend {mg.get_backend()} | {source}: {x_train.nrows} training and "
+          f"{data.x_test.nrows} test images")
+    print(f"model MLP {'-'.join(map(str, sizes))} ({sum(p.nrows * p.ncols for p in model.parameters()):,} "
+          f"parameters) | {recipe} | batch {args.batch_size} | {args.epochs} epochs | seed {args.seed}")
+
+    from tqdm import tqdm
+
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        total, seen = 0.0, 0
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch}/{args.epochs}",
+            unit="batch",
+            leave=False,
+            disable=True if args.quiet else None,
+            file=sys.stderr,
+        )
+        for xb, yb in bar:
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            value = loss.item()
+            total += value * xb.nrows
+            seen += xb.nrows
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{value:.4f}", img_per_s=f"{seen / elapsed:,.0f}" if elapsed else "-", refresh=False)
+        train_time = time.perf_counter() - t0
+        train_acc = accuracy(predict(model, x_train), y_train)
+        test_preds = predict(model, data.x_test)
+        test_acc = accuracy(test_preds, data.y_test)
+        history.append({"epoch": epoch, "loss": total / seen, "train_acc": train_acc, "test_acc": test_acc})
+        print(
+            f"epoch {epoch:>3}/{args.epochs}  loss {total / seen:.4f}  train acc {train_acc:7.2%}  "
+            f"test acc {test_acc:7.2%}  time {train_time:.2f}s ({seen / train_time:,.0f} img/s)"
+        )
+    total_time = time.perf_counter() - started
+    print(f"\ndone in {total_time:.1f}s: final test accuracy {history[-1]['test_acc']:.2%} "
+          f"(best {max(h['test_acc'] for h in history):.2%}), train accuracy {history[-1]['train_acc']:.2%}")
+    print("\nconfusion matrix on the test images (rows: true digit, columns: predicted):")
+    print(format_confusion_matrix(confusion_matrix(test_preds, data.y_test)))
+
+    if args.save:
+        mg.save(model, args.save, metadata=_mlp_metadata(sizes))
+        print(f"\nsaved the model to {args.save}")
+    if args.graph:
+        from matgrad.viz import draw_model_graph, render_graph
+
+        batch = min(args.batch_size, x_train.nrows)
+        dot = draw_model_graph(model, x_train[:batch], y_train[:batch], grad=True)
+        render_graph(dot, args.graph)
+        print(f"drew the loss graph of one {batch}-image batch, with gradients, to {args.graph}")
+    if args.plot:
+        _plot_curves(args.plot, history)
+        print(f"drew the training curves to {args.plot}")
+    return 0
+
+
+def _infer_mlp(state: dict[str, Any], metadata: dict[str, str], path: str) -> list[int]:
+    if metadata.get("sizes"):
+        try:
+            return [int(s) for s in metadata["sizes"].split(",")]
+        except ValueError:
+            raise CommandError(f"{path}: unreadable 'sizes' metadata {metadata['sizes']!r}") from None
+    sizes: list[int] = []
+    index = 0
+    while f"{index}.weight" in state:
+        w = state[f"{index}.weight"]
+        if not sizes:
+            sizes.append(w.ncols)
+        sizes.append(w.nrows)
+        index += 2
+    if len(sizes) < 2:
+        raise CommandError(f"{path}: not an MLP checkpoint (expected keys 0.weight, 0.bias, 2.weight, ...)")
+    return sizes
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import matgrad as mg
+    from matgrad import nn
+    from matgrad.io import load_metadata
+    from matgrad.metrics import accuracy, confusion_matrix, format_confusion_matrix, predict
+
+    if not os.path.isfile(args.model):
+        raise CommandError(f"--model {args.model}: no such file")
+    _use_backend(args.backend)
+    state = mg.load(args.model)
+    sizes = _infer_mlp(state, load_metadata(args.model), args.model)
+    model = nn.MLP(sizes)
+    model.load_state_dict(state)
+    data, source = _load_data(args)
+    if data.x_test.ncols != sizes[0]:
+        raise CommandError(f"{args.model}: the model takes {sizes[0]} inputs but the images have {data.x_test.ncols}")
+    t0 = time.perf_counter()
+    preds = predict(model, data.x_test)
+    elapsed = time.perf_counter() - t0
+    print(f"model MLP {'-'.join(map(str, sizes))} from {args.model} | backend {mg.get_backend()} | {source}")
+    print(f"test accuracy {accuracy(preds, data.y_test):.2%} on {data.x_test.nrows} images ({elapsed:.2f}s)\n")
+    print(format_confusion_matrix(confusion_matrix(preds, data.y_test)))
+    return 0
+
+
+def _graph(args: argparse.Namespace) -> int:
+    import matgrad as mg
+    from matgrad import nn
+    from matgrad.data import load_mnist
+    from matgrad.viz import draw_model_graph, render_graph
+
+    _check_writable(args.output, "-o")
+    data = load_mnist(sample=True)
+    mg.manual_seed(0)
+    sizes = [data.x_train.ncols, *args.hidden, 10]
+    model = nn.MLP(sizes)
+    n = args.batch_size
+    dot = draw_model_graph(model, data.x_train[:n], data.y_train[:n], grad=False, backward=args.backward)
+    render_graph(dot, args.output)
+    what = "gradient graph" if args.backward else "loss graph"
+    print(f"drew the {what} of MLP {'-'.join(map(str, sizes))} on a {n}-image batch to {args.output}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import matgrad as mg
+    from matgrad.backends import available_backends
+    from matgrad.data.mnist import NAMES, SAMPLE_DIR, default_root
+
+    print(f"matgrad {mg.__version__} (Python {platform.python_version()}, {platform.machine()})")
+    print(f"backends available: {', '.join(available_backends())}; in use: {mg.get_backend()}"
+          + (f" (MATGRAD_BACKEND={os.environ['MATGRAD_BACKEND']})" if os.environ.get("MATGRAD_BACKEND") else ""))
+    try:
+        import numpy
+
+        print(f"numpy {numpy.__version__}")
+    except ImportError:
+        print('numpy: not installed (pip install "matgrad[fast]" for the fast backend)')
+    dot = shutil.which("dot")
+    print(f"Graphviz dot: {dot}" if dot else "Graphviz dot: not found (apt-get install graphviz, brew install graphviz)")
+    root = default_root()
+    present = [n for n in NAMES if any(os.path.exists(os.path.join(root, n + s)) for s in ("", ".gz"))]
+    print(f"data cache: {root} ({len(present)}/4 MNIST files present; set MATGRAD_DATA to move it)")
+    print(f"shipped sample: {SAMPLE_DIR}")
+    return 0
+
+
+_COMMANDS = {"train": _train, "eval": _eval, "graph": _graph, "info": _info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``matgrad`` console script; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from matgrad._errors import MatgradError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except BrokenPipeError:  # the reader went away (matgrad train | head): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("matgrad: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (CommandError, MatgradError, OSError, ValueError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"matgrad {args.command}: error: {text}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
