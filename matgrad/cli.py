@@ -69,7 +69,9 @@ def _hidden_sizes(text: str) -> list[int]:
         try:
             size = int(part)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes like 128,64, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated layer sizes like 128,64, got {text!r}"
+            ) from None
         if size < 1:
             raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {size}")
         sizes.append(size)
@@ -87,7 +89,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{train,eval,graph,info}", parser_class=_Parser)
 
     def data_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data", metavar="DIR", help="MNIST directory (the four IDX files); default: the shipped sample")
+        p.add_argument(
+            "--data", metavar="DIR", help="MNIST directory (the four IDX files); default: the shipped sample"
+        )
         p.add_argument("--download", action="store_true", help="download MNIST into --data (or the cache) if missing")
         p.add_argument("--backend", choices=["numpy", "python"], help="matrix backend (default: numpy if installed)")
 
@@ -213,10 +217,14 @@ def _train(args: argparse.Namespace) -> int:
         opt = optim.Adam(model.parameters(), lr=args.lr)
         recipe = f"Adam lr {args.lr:g}"
     loader = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed)
-    print(f"matgrad {mg.__version__} | backend {mg.get_backend()} | {source}: {x_train.nrows} training and "
-          f"{data.x_test.nrows} test images")
-    print(f"model MLP {'-'.join(map(str, sizes))} ({sum(p.nrows * p.ncols for p in model.parameters()):,} "
-          f"parameters) | {recipe} | batch {args.batch_size} | {args.epochs} epochs | seed {args.seed}")
+    print(
+        f"matgrad {mg.__version__} | backend {mg.get_backend()} | {source}: {x_train.nrows} training and "
+        f"{data.x_test.nrows} test images"
+    )
+    print(
+        f"model MLP {'-'.join(map(str, sizes))} ({sum(p.nrows * p.ncols for p in model.parameters()):,} "
+        f"parameters) | {recipe} | batch {args.batch_size} | {args.epochs} epochs | seed {args.seed}"
+    )
 
     from tqdm import tqdm
 
@@ -254,8 +262,10 @@ def _train(args: argparse.Namespace) -> int:
             f"test acc {test_acc:7.2%}  time {train_time:.2f}s ({seen / train_time:,.0f} img/s)"
         )
     total_time = time.perf_counter() - started
-    print(f"\ndone in {total_time:.1f}s: final test accuracy {history[-1]['test_acc']:.2%} "
-          f"(best {max(h['test_acc'] for h in history):.2%}), train accuracy {history[-1]['train_acc']:.2%}")
+    print(
+        f"\ndone in {total_time:.1f}s: final test accuracy {history[-1]['test_acc']:.2%} "
+        f"(best {max(h['test_acc'] for h in history):.2%}), train accuracy {history[-1]['train_acc']:.2%}"
+    )
     print("\nconfusion matrix on the test images (rows: true digit, columns: predicted):")
     print(format_confusion_matrix(confusion_matrix(test_preds, data.y_test)))
 
@@ -344,8 +354,10 @@ def _info(args: argparse.Namespace) -> int:
     from matgrad.data.mnist import NAMES, SAMPLE_DIR, default_root
 
     print(f"matgrad {mg.__version__} (Python {platform.python_version()}, {platform.machine()})")
-    print(f"backends available: {', '.join(available_backends())}; in use: {mg.get_backend()}"
-          + (f" (MATGRAD_BACKEND={os.environ['MATGRAD_BACKEND']})" if os.environ.get("MATGRAD_BACKEND") else ""))
+    print(
+        f"backends available: {', '.join(available_backends())}; in use: {mg.get_backend()}"
+        + (f" (MATGRAD_BACKEND={os.environ['MATGRAD_BACKEND']})" if os.environ.get("MATGRAD_BACKEND") else "")
+    )
     try:
         import numpy
 
@@ -353,7 +365,9 @@ def _info(args: argparse.Namespace) -> int:
     except ImportError:
         print('numpy: not installed (pip install "matgrad[fast]" for the fast backend)')
     dot = shutil.which("dot")
-    print(f"Graphviz dot: {dot}" if dot else "Graphviz dot: not found (apt-get install graphviz, brew install graphviz)")
+    print(
+        f"Graphviz dot: {dot}" if dot else "Graphviz dot: not found (apt-get install graphviz, brew install graphviz)"
+    )
     root = default_root()
     present = [n for n in NAMES if any(os.path.exists(os.path.join(root, n + s)) for s in ("", ".gz"))]
     print(f"data cache: {root} ({len(present)}/4 MNIST files present; set MATGRAD_DATA to move it)")
