@@ -467,3 +467,17 @@ def test_from_torch_tensor(backend: str) -> None:
     assert mg.Tensor2D(t, dtype="float64").tolist() == [[1.0, 2.0], [3.0, 4.0]]
     with pytest.raises(mg.ShapeError, match="flat list|2-D"):
         mg.Tensor2D(torch.ones(3))
+
+
+def test_where_with_two_numbers(backend: str) -> None:
+    """Regression: where(cond, 1.0, -1.0) used to demand a tensor operand."""
+    x = mg.Tensor2D([[1.0, -2.0], [3.0, 0.0]])
+    out = mg.where(x > 0, 1.0, -1.0)
+    assert out.tolist() == [[1.0, -1.0], [1.0, -1.0]] and out.dtype == "float32"
+
+
+def test_python_float64_matmul_is_exact_on_small_integers() -> None:
+    """Regression: the math.dist kernel gave 32.00000000000001 for [1,2,3].[4,5,6] in float64."""
+    a = mg.Tensor2D([[1, 2, 3], [4, 5, 6]], dtype="float64", backend="python")
+    assert (a @ a.T).tolist() == [[14.0, 32.0], [32.0, 77.0]]
+    assert (a.float() @ a.float().T).tolist() == [[14.0, 32.0], [32.0, 77.0]]
