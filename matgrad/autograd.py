@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Sequence, TypeVar
 
 from matgrad._errors import AnomalyError, GraphError, at_user_site, user_site
 from matgrad.tensor import Tensor2D, _wrap
@@ -264,34 +264,43 @@ def _sum_to(g: Tensor2D, shape: tuple[int, int], op: Op) -> Tensor2D:
     """Sum a gradient back over the axes its input was broadcast along."""
     gr, gc = g.shape
     r, c = shape
-    if r == 1 and gr != 1:
-        g = g.sum(axis=0)
-    if c == 1 and gc != 1:
-        g = g.sum(axis=1)
+    axis: Literal[0, 1] | None = (
+        None if (r == 1 and gr != 1 and c == 1 and gc != 1) else 0 if (r == 1 and gr != 1) else 1
+    )
+    if _grad_enabled:  # create_graph: the reduction must be part of the gradient's graph
+        g = g.sum(axis=axis)
+    else:
+        g = _wrap(g._backend.sum(g._data, axis), g._backend)
     if g.shape != shape:  # a rule returned a wrong shape: a bug in matgrad, not in user code
         raise GraphError(f"backward of {op.name} gave a {gr}x{gc} gradient for a {r}x{c} input")
     return g
 
 
 def _topological_order(roots: Sequence[Tensor2D]) -> list[Tensor2D]:
-    """Every tensor that needs a gradient, inputs before outputs. Iterative: no recursion limit."""
+    """Every tensor that needs a gradient, inputs before outputs.
+
+    An iterative depth-first search (a stack of (node, iterator over its inputs)), so a chain of
+    any length works under the default recursion limit; inputs are visited in order, so the
+    result is deterministic.
+    """
     order: list[Tensor2D] = []
     seen: set[int] = set()
-    stack: list[tuple[Tensor2D, bool]] = [(r, False) for r in reversed(roots)]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            order.append(node)
+    for root in roots:
+        if id(root) in seen:
             continue
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.append((node, True))
-        op = node._op
-        if op is not None:
-            for inp in reversed(op.inputs):
+        seen.add(id(root))
+        stack = [(root, iter(root._op.inputs if root._op is not None else ()))]
+        while stack:
+            node, pending = stack[-1]
+            for inp in pending:
                 if inp.requires_grad and id(inp) not in seen:
-                    stack.append((inp, False))
+                    seen.add(id(inp))
+                    op = inp._op
+                    stack.append((inp, iter(op.inputs if op is not None else ())))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
     return order
 
 
@@ -305,7 +314,8 @@ def _seed_grad(root: Tensor2D, g: Tensor2D | None, where: str) -> Tensor2D:
                     "of the same shape"
                 )
             )
-        return _wrap(root._backend.full(1, 1, 1.0, root.dtype), root._backend)
+        be = root._backend
+        return _wrap(be.full(1, 1, 1.0, be.dtype(root._data)), be)
     if not isinstance(g, Tensor2D):
         g = Tensor2D(g, dtype=root.dtype, backend=root.backend)
     if g.shape != root.shape or g._backend is not root._backend or g.dtype != root.dtype:

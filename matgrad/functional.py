@@ -75,8 +75,7 @@ class Linear(Op):
     name = "linear"
 
     def forward(self, be: Backend, x: Data, w: Data, b: Data | None = None) -> Data:
-        y = be.matmul(x, w, False, True)
-        return y if b is None else be.add(y, b)
+        return be.matmul(x, w, False, True, b)
 
     def backward(self, grad: Tensor2D, *inputs: Tensor2D) -> tuple[Tensor2D | None, ...]:
         x, w = inputs[0], inputs[1]
@@ -90,7 +89,7 @@ def linear(x: Tensor2D, weight: Tensor2D, bias: Tensor2D | None = None) -> Tenso
     """``x @ weight.T + bias`` as one op: ``x`` (m, in), ``weight`` (out, in), ``bias`` (1, out)."""
     x = _tensor("linear", x)
     weight = _tensor("linear", weight)
-    if x._backend is not weight._backend or x.dtype != weight.dtype:
+    if x._backend is not weight._backend or x._data.dtype != weight._data.dtype:
         _same_storage("linear", x, weight)
     (m, k), (n, k2) = x._data.shape, weight._data.shape
     if k != k2:
@@ -105,7 +104,7 @@ def linear(x: Tensor2D, weight: Tensor2D, bias: Tensor2D | None = None) -> Tenso
     if bias is None:
         return record(Linear(), be.matmul(x._data, weight._data, False, True), be, (x, weight))
     bias = _tensor("linear", bias)
-    if bias._backend is not be or bias.dtype != x.dtype:
+    if bias._backend is not be or bias._data.dtype != x._data.dtype:
         _same_storage("linear", x, bias)
     if bias._data.shape != (1, n):
         raise ShapeError(at_user_site(f"linear: bias is {_fmt(bias.shape)} but must be 1x{n} (1 x out_features)"))
@@ -123,7 +122,7 @@ def _class_targets(name: str, targets: Any, logits: Tensor2D) -> Any:
     n, c = logits.shape
     be = logits._backend
     if isinstance(targets, Tensor2D):
-        if targets.dtype != "int64":
+        if targets._data.dtype in targets._backend.float_types:
             raise ArgumentError(
                 at_user_site(
                     f"{name}: targets are {targets.dtype}; class indices must be int64 (use .long()), "
@@ -159,12 +158,11 @@ def _class_targets(name: str, targets: Any, logits: Tensor2D) -> Any:
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise ArgumentError(at_user_site(f"{name}: targets must be ints, found {v!r}"))
         t = Tensor2D([[v] for v in values], dtype="int64", backend=be)
-    lo = be.tolist(be.min(t._data, None))[0][0]
-    hi = be.tolist(be.max(t._data, None))[0][0]
-    if lo < 0 or hi >= c:
-        bad = lo if lo < 0 else hi
+    index = be.indices(t._data)
+    bad = be.bad_index(index, c)
+    if bad is not None:
         raise ArgumentError(at_user_site(f"{name}: target {bad} is out of range for {c} classes (valid: 0 to {c - 1})"))
-    return be.indices(t._data)
+    return index
 
 
 class CrossEntropy(Op):
@@ -185,29 +183,23 @@ class CrossEntropy(Op):
         return "cross_entropy" if self.reduction == "mean" else f"cross_entropy({self.reduction})"
 
     def forward(self, be: Backend, x: Data, keep_probs: bool = True) -> Data:
-        n = x.shape[0]
-        top = be.max(x, 1)
-        e = be.unary("exp", be.sub(x, top))
-        total = be.sum(e, 1)
-        lse = be.add(be.unary("log", total), top)
-        losses = be.sub(lse, be.pick(x, None, self.targets))
+        losses, probs = be.softmax_xent(x, self.targets)
         if keep_probs:
-            self.saved = be.div(e, total)
+            self.saved = probs
         if self.reduction == "none":
             return losses
         summed = be.sum(losses, None)
-        return summed if self.reduction == "sum" else be.div(summed, float(n))
+        return summed if self.reduction == "sum" else be.div(summed, float(x.shape[0]))
 
     def backward(self, grad: Tensor2D, x: Tensor2D) -> tuple[Tensor2D | None, ...]:
         be = x._backend
-        n, c = x.shape
-        onehot = _wrap(be.pick_adjoint(be.full(n, 1, 1.0, x.dtype), n, c, None, self.targets), be)
+        n = x.shape[0]
         if _autograd.is_grad_enabled():  # create_graph: the softmax must itself be differentiable
-            probs = softmax(x, 1)
-        else:
-            probs = _wrap(self.saved, be)
-        scale = grad / float(n) if self.reduction == "mean" else grad
-        return ((probs - onehot) * scale,)
+            onehot = _wrap(be.pick_adjoint(be.full(n, 1, 1.0, x.dtype), n, x.shape[1], None, self.targets), be)
+            scale = grad / float(n) if self.reduction == "mean" else grad
+            return ((softmax(x, 1) - onehot) * scale,)
+        scale = be.div(grad._data, float(n)) if self.reduction == "mean" else grad._data
+        return (_wrap(be.softmax_xent_grad(self.saved, self.targets, scale), be),)
 
 
 def cross_entropy(logits: Tensor2D, targets: Any, reduction: str = "mean") -> Tensor2D:
@@ -220,7 +212,7 @@ def cross_entropy(logits: Tensor2D, targets: Any, reduction: str = "mean") -> Te
     logits = _tensor("cross_entropy", logits)
     red = _reduction("cross_entropy", reduction)
     _need_float("cross_entropy", logits)
-    if isinstance(targets, Tensor2D) and targets.dtype != "int64" and targets.shape == logits.shape:
+    if isinstance(targets, Tensor2D) and targets._data.dtype in targets._backend.float_types:
         _same_storage("cross_entropy", logits, targets)
         losses = -(targets * log_softmax(logits, 1)).sum(1)
         return losses if red == "none" else losses.sum() if red == "sum" else losses.mean()

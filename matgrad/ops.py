@@ -146,7 +146,7 @@ def _binary(name: str, a: Any, b: Any) -> tuple[Tensor2D, Tensor2D]:
 
 def _need_float(name: str, *tensors: Tensor2D) -> None:
     for t in tensors:
-        if t.dtype not in FLOAT_DTYPES:
+        if t._data.dtype not in t._backend.float_types:
             raise DTypeError(at_user_site(f"{name}: needs a floating tensor, got {t.dtype}; convert with .float()"))
 
 
@@ -286,6 +286,9 @@ def div(a: TensorLike, b: TensorLike) -> Tensor2D:
 def where(cond: Tensor2D, a: TensorLike, b: TensorLike) -> Tensor2D:
     """``a`` where ``cond`` is non-zero, else ``b``; differentiable in ``a`` and ``b``."""
     cond = _tensor("where", cond)
+    if not isinstance(a, Tensor2D) and not isinstance(b, Tensor2D):  # two numbers: cond's shape
+        like = cond if cond.dtype in FLOAT_DTYPES else cond.to(get_default_dtype())
+        a = expand(_as_operand(a, like, "where"), *like.shape)
     a, b = _binary("where", a, b)
     shape = (builtins.max(a.nrows, b.nrows), builtins.max(a.ncols, b.ncols))
     if cond._backend is not a._backend:
@@ -417,7 +420,7 @@ class ReLU(Op):
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         be = a._backend
-        return (grad * _wrap(be.compare("gt", a._data, 0.0, a.dtype), be),)
+        return (grad * _wrap(be.compare("gt", a._data, 0.0), be),)
 
 
 class LeakyReLU(Op):
@@ -433,11 +436,11 @@ class LeakyReLU(Op):
         return f"leaky_relu({self.slope:g})"
 
     def forward(self, be: Backend, a: Data) -> Data:
-        return be.where(be.compare("gt", a, 0.0, be.dtype(a)), a, be.mul(a, self.slope))
+        return be.where(be.compare("gt", a, 0.0), a, be.mul(a, self.slope))
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         be = a._backend
-        factor = be.where(be.compare("gt", a._data, 0.0, a.dtype), 1.0, self.slope)
+        factor = be.where(be.compare("gt", a._data, 0.0), 1.0, self.slope)
         return (grad * _wrap(factor, be),)
 
 
@@ -473,7 +476,7 @@ class Tanh(Op):
 
 def _unary(op: Op, a: Any, float_only: bool = True) -> Tensor2D:
     a = _tensor(op.name, a)
-    if float_only and a.dtype not in FLOAT_DTYPES:
+    if float_only and a._data.dtype not in a._backend.float_types:
         _need_float(op.name, a)
     be = a._backend
     return record(op, op.forward(be, a._data), be, (a,))
@@ -603,7 +606,7 @@ def matmul(a: Tensor2D, b: Tensor2D) -> Tensor2D:
             a = _as_operand(a, b, "matmul")
         else:
             raise TypeError("matmul: at least one operand must be a Tensor2D")
-    if a._backend is not b._backend or a.dtype != b.dtype:
+    if a._backend is not b._backend or a._data.dtype != b._data.dtype:
         _same_storage("matmul", a, b)
     (m, k), (k2, n) = a._data.shape, b._data.shape
     if k != k2:
@@ -613,7 +616,7 @@ def matmul(a: Tensor2D, b: Tensor2D) -> Tensor2D:
         elif m == k2:
             hint = "; did you mean to transpose the left operand (a.T @ b)?"
         raise ShapeError(at_user_site(f"matmul ({m}x{k}) @ ({k2}x{n}): inner dimensions {k} and {k2} differ{hint}"))
-    if a.dtype not in FLOAT_DTYPES:
+    if a._data.dtype not in a._backend.float_types:
         _need_float("matmul", a)
     be = a._backend
     return record(MatMul(), be.matmul(a._data, b._data), be, (a, b))
@@ -1061,7 +1064,7 @@ class _Extreme(Op):
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         be = a._backend
-        hits = be.compare("eq", a._data, self.output._data, a.dtype)
+        hits = be.compare("eq", a._data, self.output._data)
         share = be.div(hits, be.sum(hits, self.axis))
         return (grad * _wrap(share, be),)
 
@@ -1134,7 +1137,7 @@ def argmin(a: Tensor2D, axis: int | None = None) -> Tensor2D:
 def _log_sum_exp(be: Backend, a: Data, axis: Literal[0, 1]) -> tuple[Data, Data]:
     """``(shifted, lse)``: ``a - max`` and ``log(sum(exp(a - max))) + max`` along ``axis``."""
     top = be.max(a, axis)
-    top = be.where(be.compare("eq", top, -math.inf, be.dtype(top)), 0.0, top)  # a row of -inf
+    top = be.where(be.compare("eq", top, -math.inf), 0.0, top)  # a row of -inf
     shifted = be.sub(a, top)
     lse = be.add(be.unary("log", be.sum(be.unary("exp", shifted), axis)), top)
     return shifted, lse

@@ -298,3 +298,34 @@ def test_backend_object_reuse() -> None:
     assert backends.get("python") is PY and isinstance(PY, PythonBackend)
     assert repr(PY) == "<matgrad backend 'python'>"
     assert np.asarray(NP.to_numpy(NP.full(1, 1, 2.0, "float32"))).item() == 2.0
+
+
+@settings(max_examples=30)
+@given(st.integers(1, 6), st.integers(2, 6), st.data())
+def test_fused_kernels_agree(n: int, c: int, data: st.DataObject) -> None:
+    """softmax_xent, softmax_xent_grad and matmul's bias: backend against backend, and the maths."""
+    rows = data.draw(matrix_rows(n, c))
+    targets = data.draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n))
+    px, nx = both(rows)
+    pt, nt = PY.indices(PY.from_rows([targets], "int64")), NP.indices(NP.from_rows([targets], "int64"))
+    (pl, pp), (nl, npr) = PY.softmax_xent(px, pt), NP.softmax_xent(nx, nt)
+    same(pl, nl, 1e-12)
+    same(pp, npr, 1e-12)
+    for i, row in enumerate(rows):
+        lse = math.log(math.fsum(math.exp(v) for v in row))
+        assert abs(PY.tolist(pl)[i][0] - (lse - row[targets[i]])) <= 1e-12 * max(1.0, abs(lse))
+    scale = data.draw(st.sampled_from([0.25, "column"]))
+    ps, ns = (0.25, 0.25) if scale == 0.25 else both([[float(i + 1)] for i in range(n)])
+    same(PY.softmax_xent_grad(pp, pt, ps), NP.softmax_xent_grad(npr, nt, ns), 1e-12)
+    w_rows = data.draw(matrix_rows(3, c))
+    bias_rows = data.draw(matrix_rows(1, 3))
+    (pw, nw), (pb, nb) = both(w_rows), both(bias_rows)
+    same(PY.matmul(px, pw, False, True, pb), NP.matmul(nx, nw, False, True, nb), 1e-12)
+
+
+def test_bad_index() -> None:
+    for be in (PY, NP):
+        idx = be.indices(be.from_rows([[0, 3, 2]], "int64"))
+        assert be.bad_index(idx, 4) is None
+        assert be.bad_index(idx, 3) == 3
+        assert be.bad_index(be.indices(be.from_rows([[1, -1, 2]], "int64")), 3) == -1

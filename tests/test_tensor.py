@@ -465,7 +465,7 @@ def test_from_torch_tensor(backend: str) -> None:
     torch = pytest.importorskip("torch")
     t = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64, requires_grad=True)
     assert mg.Tensor2D(t, dtype="float64").tolist() == [[1.0, 2.0], [3.0, 4.0]]
-    with pytest.raises(mg.ShapeError, match="flat list|2-D"):
+    with pytest.raises(mg.ShapeError, match=r"flat list|2-D"):
         mg.Tensor2D(torch.ones(3))
 
 

@@ -35,6 +35,8 @@ class Backend(ABC):
     """Storage and primitive kernels for row-major 2-D matrices."""
 
     name: str = ""
+    float_types: frozenset[Any] = frozenset()
+    """The raw ``dtype`` values (``a.dtype``) of floating matrices, for cheap checks in hot paths."""
 
     def __repr__(self) -> str:
         return f"<matgrad backend {self.name!r}>"
@@ -143,8 +145,11 @@ class Backend(ABC):
         """Element-wise minimum."""
 
     @abstractmethod
-    def compare(self, op: str, a: Operand, b: Operand, out_dtype: str) -> Data:
-        """1 where ``a <op> b`` holds, else 0; ``op`` is one of ``eq ne lt le gt ge``."""
+    def compare(self, op: str, a: Operand, b: Operand, out_dtype: str | None = None) -> Data:
+        """1 where ``a <op> b`` holds, else 0; ``op`` is one of ``eq ne lt le gt ge``.
+
+        ``out_dtype=None`` gives the (matrix) operands' own dtype.
+        """
 
     @abstractmethod
     def where(self, cond: Data, a: Operand, b: Operand) -> Data:
@@ -160,8 +165,11 @@ class Backend(ABC):
 
     # -- linear algebra and layout ------------------------------------------------------------
     @abstractmethod
-    def matmul(self, a: Data, b: Data, trans_a: bool = False, trans_b: bool = False) -> Data:
-        """``op(a) @ op(b)`` where ``op`` transposes when its flag is set (as BLAS gemm)."""
+    def matmul(self, a: Data, b: Data, trans_a: bool = False, trans_b: bool = False, bias: Data | None = None) -> Data:
+        """``op(a) @ op(b) (+ bias)`` where ``op`` transposes when its flag is set (as BLAS gemm).
+
+        ``bias`` (a ``(1, n)`` row) is added in place to the fresh product: ``linear`` in one pass.
+        """
 
     @abstractmethod
     def transpose(self, a: Data) -> Data:
@@ -174,6 +182,20 @@ class Backend(ABC):
     @abstractmethod
     def cat(self, parts: Sequence[Data], axis: Literal[0, 1]) -> Data:
         """Concatenation along rows (axis 0) or columns (axis 1)."""
+
+    # -- fused softmax cross-entropy ---------------------------------------------------------
+    @abstractmethod
+    def softmax_xent(self, x: Data, targets: Any) -> tuple[Data, Data]:
+        """``(losses, probs)`` for logits ``x`` (n, c) and class indices ``targets`` (from ``indices``).
+
+        ``losses[i] = logsumexp(x[i]) - x[i, t_i]`` as an (n, 1) column and ``probs`` the
+        row-wise softmax, both computed after subtracting each row's maximum (stable for any
+        finite logits; a row of -inf gives NaN, as in PyTorch).
+        """
+
+    @abstractmethod
+    def softmax_xent_grad(self, probs: Data, targets: Any, scale: Operand) -> Data:
+        """``(probs - onehot(targets)) * scale``: the gradient of the losses w.r.t. the logits."""
 
     # -- reductions ---------------------------------------------------------------------------
     @abstractmethod
@@ -208,6 +230,10 @@ class Backend(ABC):
     @abstractmethod
     def indices(self, a: Data) -> Any:
         """The values of an int64 matrix as a flat index, in a form ``pick`` and ``take`` accept."""
+
+    @abstractmethod
+    def bad_index(self, index: Any, bound: int) -> int | None:
+        """A value of ``index`` (from ``indices``) outside ``0 .. bound - 1``, or None if all are in range."""
 
     @abstractmethod
     def pick(self, a: Data, rows: Any, cols: Any) -> Data:

@@ -273,6 +273,14 @@ def dot_products(lefts: Sequence[list[float]], rights: Sequence[list[float]]) ->
 _RATIO = 1e3
 
 
+def _plain_dot_products(lefts: Sequence[list[float]], rights: Sequence[list[float]]) -> list[float]:
+    """``dot_products`` with ordinary float64 summation (``math.sumprod`` on 3.12+, which is exact-er)."""
+    if _SUMPROD is not None:
+        sumprod = _SUMPROD
+        return [sumprod(r, c) for r in lefts for c in rights]
+    return [sum(map(_mul, r, c)) for r in lefts for c in rights]
+
+
 def _dot_products_unit(
     lefts: Sequence[list[float]], rights: Sequence[list[float]], lnorms: list[float], rnorms: list[float]
 ) -> list[float]:
@@ -307,6 +315,7 @@ class PythonBackend(Backend):
     """Kernels over ``Matrix``; every loop the interpreter runs is per row or per output."""
 
     name = "python"
+    float_types = frozenset({"float32", "float64"})
 
     def __init__(self) -> None:
         self._rng = random.Random(0)
@@ -424,8 +433,9 @@ class PythonBackend(Backend):
     def minimum(self, a: Operand, b: Operand) -> Matrix:
         return self._binary("minimum", a, b)
 
-    def compare(self, op: str, a: Operand, b: Operand, out_dtype: str) -> Matrix:
-        nrows, ncols, _ = _out_shape(a, b)
+    def compare(self, op: str, a: Operand, b: Operand, out_dtype: str | None = None) -> Matrix:
+        nrows, ncols, dtype = _out_shape(a, b)
+        out_dtype = dtype if out_dtype is None else out_dtype
         flags = map(_COMPARE[op], _expand(a, nrows, ncols), _expand(b, nrows, ncols))
         return Matrix._wrap(nrows, ncols, list(map(float, flags)), out_dtype)
 
@@ -448,7 +458,9 @@ class PythonBackend(Backend):
         return math.isfinite(sum(a.data)) or all(map(math.isfinite, a.data))
 
     # -- linear algebra and layout ------------------------------------------------------------
-    def matmul(self, a: Matrix, b: Matrix, trans_a: bool = False, trans_b: bool = False) -> Matrix:
+    def matmul(
+        self, a: Matrix, b: Matrix, trans_a: bool = False, trans_b: bool = False, bias: Matrix | None = None
+    ) -> Matrix:
         ad, bd = a.data, b.data
         if trans_a:  # rows of a.T are the columns of a
             m, k = a.ncols, a.nrows
@@ -462,7 +474,37 @@ class PythonBackend(Backend):
         else:
             n = b.ncols
             rights = [bd[j::n] for j in range(n)]
-        return _finish(m, n, dot_products(lefts, rights), a.dtype)
+        # float64 keeps float64 accuracy (plain sums, exact on small integers); for float32 the
+        # C-level trick's error (~1e-13 |a||b|) vanishes in the rounding to float32.
+        out = dot_products(lefts, rights) if a.dtype == "float32" else _plain_dot_products(lefts, rights)
+        if bias is not None:
+            out = list(map(operator.add, out, bias.data * m))
+        return _finish(m, n, out, a.dtype)
+
+    def softmax_xent(self, x: Matrix, targets: list[int]) -> tuple[Matrix, Matrix]:
+        losses: list[float] = []
+        probs: list[float] = []
+        exp = _safe_exp
+        for row, t in zip(x.rows(), targets):
+            top = max(row)
+            if top != top or top == -_INF:
+                top = 0.0 if top == -_INF else top
+            e = [exp(v - top) for v in row]
+            total = sum(e)
+            losses.append(_safe_log(total) - (row[t] - top))
+            inv = 1.0 / total if total else _NAN
+            probs.extend([v * inv for v in e])
+        return _finish(x.nrows, 1, losses, x.dtype), _finish(x.nrows, x.ncols, probs, x.dtype)
+
+    def softmax_xent_grad(self, probs: Matrix, targets: list[int], scale: Operand) -> Matrix:
+        n = probs.ncols
+        scales = _materialise(_expand(scale, probs.nrows, 1), probs.nrows)
+        out: list[float] = []
+        for i, (t, s) in enumerate(zip(targets, scales)):
+            row = probs.data[i * n : (i + 1) * n]
+            row[t] -= 1.0
+            out.extend([v * s for v in row])
+        return _finish(probs.nrows, n, out, probs.dtype)
 
     def transpose(self, a: Matrix) -> Matrix:
         d, n = a.data, a.ncols
@@ -556,6 +598,10 @@ class PythonBackend(Backend):
 
     def indices(self, a: Matrix) -> list[int]:
         return a.data
+
+    def bad_index(self, index: list[int], bound: int) -> int | None:
+        lo, hi = min(index), max(index)
+        return lo if lo < 0 else hi if hi >= bound else None
 
     def pick(self, a: Matrix, rows: list[int] | None, cols: list[int]) -> Matrix:
         d, n = a.data, a.ncols

@@ -143,7 +143,7 @@ class Optimizer:
         if g is None:
             return None
         gd = g._data
-        if gd.shape != p._data.shape or g._backend is not p._backend or g.dtype != p.dtype:
+        if gd.shape != p._data.shape or g._backend is not p._backend or gd.dtype != p._data.dtype:
             what = f"{_fmt(g.shape)} {g.dtype} on {g.backend}"
             message = (
                 f"{type(self).__name__}.step: a {_fmt(p.shape)} {p.dtype} parameter on {p.backend} has a .grad "
