@@ -12,6 +12,7 @@ its input was a broadcast ``(1, n)``, ``(m, 1)`` or ``(1, 1)`` operand, the engi
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Sequence, TypeVar
@@ -43,6 +44,7 @@ _anomaly = False
 _debug = os.environ.get("MATGRAD_DEBUG", "").strip() not in ("", "0", "false", "False")
 # The stack of nn.Modules being called (outermost first), recorded on each op for diagrams.
 _scope: tuple[Any, ...] = ()
+_sequence = itertools.count()
 
 
 def is_grad_enabled() -> bool:
@@ -166,7 +168,7 @@ class Op:
     is released.
     """
 
-    __slots__ = ("_out", "inputs", "needs_input_grad", "released", "saved", "scope", "site")
+    __slots__ = ("_out", "inputs", "needs_input_grad", "released", "saved", "scope", "seq", "site")
 
     name: ClassVar[str] = "op"
     needs_output: ClassVar[bool] = False
@@ -177,6 +179,7 @@ class Op:
     released: bool
     saved: Any
     scope: tuple[Any, ...]
+    seq: int  # creation order: an op's inputs were all made by ops with smaller numbers
     site: str
     _out: weakref.ref[Tensor2D]
 
@@ -218,6 +221,7 @@ def record(op: Op, data: Data, backend: Backend, inputs: tuple[Tensor2D, ...]) -
             op.inputs = inputs
             op.needs_input_grad = needs
             op.released = False
+            op.seq = next(_sequence)
             op.scope = _scope
             if op.needs_output:
                 op._out = weakref.ref(out)
@@ -279,29 +283,33 @@ def _sum_to(g: Tensor2D, shape: tuple[int, int], op: Op) -> Tensor2D:
 def _topological_order(roots: Sequence[Tensor2D]) -> list[Tensor2D]:
     """Every tensor that needs a gradient, inputs before outputs.
 
-    An iterative depth-first search (a stack of (node, iterator over its inputs)), so a chain of
-    any length works under the default recursion limit; inputs are visited in order, so the
-    result is deterministic.
+    The tensors reachable from ``roots`` (a loop with an explicit stack, so a chain of any length
+    works under the default recursion limit), sorted by the creation number of the op that made
+    them: an op's inputs always exist before it, so creation order is a topological order
+    (PyTorch's engine orders by the same kind of sequence number). Leaves come first.
     """
-    order: list[Tensor2D] = []
-    seen: set[int] = set()
-    for root in roots:
-        if id(root) in seen:
-            continue
-        seen.add(id(root))
-        stack = [(root, iter(root._op.inputs if root._op is not None else ()))]
-        while stack:
-            node, pending = stack[-1]
-            for inp in pending:
+    seen = {id(r) for r in roots}
+    stack = list(roots)
+    nodes: list[Tensor2D] = []
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        op = node._op
+        if op is not None:
+            for inp in op.inputs:
                 if inp.requires_grad and id(inp) not in seen:
                     seen.add(id(inp))
-                    op = inp._op
-                    stack.append((inp, iter(op.inputs if op is not None else ())))
-                    break
-            else:
-                stack.pop()
-                order.append(node)
-    return order
+                    stack.append(inp)
+    nodes.sort(key=_creation)
+    return nodes
+
+
+def _creation(t: Tensor2D) -> int:
+    op = t._op
+    return -1 if op is None else op.seq
+
+
+_ONES: dict[tuple[Any, Any], Tensor2D] = {}
 
 
 def _seed_grad(root: Tensor2D, g: Tensor2D | None, where: str) -> Tensor2D:
@@ -314,10 +322,16 @@ def _seed_grad(root: Tensor2D, g: Tensor2D | None, where: str) -> Tensor2D:
                     "of the same shape"
                 )
             )
-        be = root._backend
-        return _wrap(be.full(1, 1, 1.0, be.dtype(root._data)), be)
+        key = (root._backend, root._data.dtype)
+        one = _ONES.get(key)
+        if one is None:  # never mutated: an engine seed never becomes a .grad without a copy
+            one = _ONES[key] = _wrap(root._backend.full(1, 1, 1.0, root.dtype), root._backend)
+        return one
     if not isinstance(g, Tensor2D):
-        g = Tensor2D(g, dtype=root.dtype, backend=root.backend)
+        try:
+            g = Tensor2D(g, dtype=root.dtype, backend=root.backend)
+        except (TypeError, ValueError) as exc:  # name the call the bad grad was given to
+            raise type(exc)(at_user_site(f"{where}: grad= {str(exc).replace('Tensor2D: ', '', 1)}")) from None
     if g.shape != root.shape or g._backend is not root._backend or g.dtype != root.dtype:
         raise GraphError(
             at_user_site(
@@ -334,23 +348,33 @@ def _run(
     retain_graph: bool,
     create_graph: bool,
     wanted: dict[int, int] | None = None,
+    order: list[Tensor2D] | None = None,
 ) -> dict[int, Tensor2D]:
     """Propagate ``seeds`` from ``roots`` to every tensor that requires grad.
 
     With ``wanted`` (``id(tensor) -> position``) the gradients of those tensors are returned and
     ``.grad`` is left alone; otherwise leaves (and tensors with ``retain_grad``) accumulate into
-    ``.grad``.
+    ``.grad``. All or nothing: ``.grad`` is written, and the graph released, only once every rule
+    has run, so an error (a released graph, an anomaly) leaves everything as it was.
     """
     global _grad_enabled
-    order = _topological_order(roots)
+    if order is None:
+        order = _topological_order(roots)
+    for node in reversed(order):  # from the output, so the message names the op nearest to it
+        op = node._op
+        if op is not None and op.released:
+            raise GraphError(
+                at_user_site(
+                    f"backward through {op.describe()} a second time: its graph was released by the "
+                    "first backward; pass retain_graph=True to the first call (or recompute the forward pass)"
+                )
+            )
     pending: dict[int, Tensor2D] = {}
     for r, s in zip(roots, seeds):
         prev = pending.get(id(r))
         pending[id(r)] = s if prev is None else prev + s
     captured: dict[int, Tensor2D] = {}
-    # Storage already handed out as a .grad (or owned by the caller's seed): a rule may return one
-    # gradient for two inputs (add), and two leaves must never share a .grad buffer.
-    handed_out = {id(s._data) for s in seeds}
+    stores: list[tuple[Tensor2D, Tensor2D]] = []  # (tensor, its gradient), written at the end
     saved_mode = _grad_enabled
     _grad_enabled = create_graph
     try:
@@ -363,23 +387,9 @@ def _run(
                 if id(node) in wanted:
                     captured[id(node)] = g
             elif op is None or node._retain:
-                g_store = g if create_graph else g.detach()
-                if node.grad is not None:
-                    g_store = node.grad + g_store
-                elif id(g_store._data) in handed_out:
-                    g_store = _wrap(g_store._backend.copy(g_store._data), g_store._backend)
-                handed_out.add(id(g_store._data))
-                node.grad = g_store
+                stores.append((node, g))
             if op is None:
                 continue
-            if op.released:
-                raise GraphError(
-                    at_user_site(
-                        f"backward through {op.describe()} a second time: its graph was released "
-                        "by the first backward; pass retain_graph=True to the first call (or "
-                        "recompute the forward pass)"
-                    )
-                )
             if _anomaly:  # blame the op whose rule failed, not the ops the rule is made of
                 in_grads = _backward_unchecked(op, g)
             else:
@@ -394,11 +404,32 @@ def _run(
                 key = id(inp)
                 prev = pending.get(key)
                 pending[key] = ig if prev is None else prev + ig
-            if not retain_graph:
-                op.release()
+        if stores:
+            _store_grads(stores, seeds, create_graph)
     finally:
         _grad_enabled = saved_mode
+    if not retain_graph:
+        for node in order:
+            if node._op is not None:
+                node._op.release()
     return captured
+
+
+def _store_grads(stores: list[tuple[Tensor2D, Tensor2D]], seeds: Sequence[Tensor2D], create_graph: bool) -> None:
+    """Accumulate into ``.grad``, never letting two tensors (or the caller's seed) share storage.
+
+    A rule may return one gradient object for two inputs (add does), so storage already handed
+    out is copied before it becomes a second tensor's ``.grad``.
+    """
+    handed_out = {id(s._data) for s in seeds}
+    for node, g in stores:
+        g_store = g if create_graph or not g.requires_grad else g.detach()
+        if node.grad is not None:
+            g_store = node.grad + g_store
+        elif id(g_store._data) in handed_out:
+            g_store = _wrap(g_store._backend.copy(g_store._data), g_store._backend)
+        handed_out.add(id(g_store._data))
+        node.grad = g_store
 
 
 def _backward_unchecked(op: Op, g: Tensor2D) -> tuple[Tensor2D | None, ...]:
@@ -429,8 +460,15 @@ def backward(
     _run([tensor], [seed], keep, create_graph)
 
 
-def _as_sequence(x: Tensor2D | Sequence[Tensor2D]) -> list[Tensor2D]:
-    return [x] if isinstance(x, Tensor2D) else list(x)
+def _as_sequence(x: Any, what: str, allow_none: bool = False) -> list[Any]:
+    """A tensor or a list/tuple of tensors (``None`` allowed in grad_outputs) as a list."""
+    if isinstance(x, Tensor2D):
+        return [x]
+    if isinstance(x, (list, tuple)) and all(isinstance(t, Tensor2D) or (allow_none and t is None) for t in x):
+        return list(x)
+    raise TypeError(
+        at_user_site(f"grad: {what} must be a Tensor2D or a list of Tensor2D, got {type(x).__name__} {x!r:.60}")
+    )
 
 
 def grad(
@@ -447,14 +485,14 @@ def grad(
     makes the result differentiable (Hessian-vector products); an input the outputs do not
     depend on is an error unless ``allow_unused=True``, which returns ``None`` for it.
     """
-    outs = _as_sequence(outputs)
-    ins = _as_sequence(inputs)
+    outs = _as_sequence(outputs, "outputs")
+    ins = _as_sequence(inputs, "inputs")
     if not outs or not ins:
-        raise GraphError("grad: outputs and inputs must each hold at least one tensor")
+        raise GraphError(at_user_site("grad: outputs and inputs must each hold at least one tensor"))
     if grad_outputs is None:
         seeds_in: list[Tensor2D | None] = [None] * len(outs)
     else:
-        seeds_in = list(_as_sequence(grad_outputs))  # type: ignore[arg-type]
+        seeds_in = _as_sequence(grad_outputs, "grad_outputs", allow_none=True)
     if len(seeds_in) != len(outs):
         raise GraphError(f"grad: {len(outs)} outputs but {len(seeds_in)} grad_outputs")
     for t in ins:
@@ -467,16 +505,16 @@ def grad(
         roots.append(o)
         seeds.append(_seed_grad(o, s, "grad"))
     keep = create_graph if retain_graph is None else retain_graph
-    captured = _run(roots, seeds, keep, create_graph, {id(t): i for i, t in enumerate(ins)})
-    result: list[Tensor2D | None] = []
-    for i, t in enumerate(ins):
-        g = captured.get(id(t))
-        if g is None and not allow_unused:
-            raise GraphError(
-                at_user_site(
-                    f"grad: input #{i} ({t.nrows}x{t.ncols}) was not used to compute the outputs; "
-                    "pass allow_unused=True to get None for it"
+    order = _topological_order(roots)
+    if not allow_unused:  # checked before anything runs, so nothing is released by a failed call
+        reached = {id(t) for t in order}
+        for i, t in enumerate(ins):
+            if id(t) not in reached:
+                raise GraphError(
+                    at_user_site(
+                        f"grad: input #{i} ({t.nrows}x{t.ncols}) was not used to compute the outputs; "
+                        "pass allow_unused=True to get None for it"
+                    )
                 )
-            )
-        result.append(g)
-    return tuple(result)
+    captured = _run(roots, seeds, keep, create_graph, {id(t): i for i, t in enumerate(ins)}, order)
+    return tuple(captured.get(id(t)) for t in ins)

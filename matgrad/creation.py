@@ -9,7 +9,7 @@ from typing import Any
 from matgrad import backends as _backends
 from matgrad._errors import ArgumentError, ShapeError, at_user_site
 from matgrad.backends.base import FLOAT_DTYPES, Backend
-from matgrad.tensor import Tensor2D, _wrap, dtype_name
+from matgrad.tensor import Tensor2D, _wrap, check_int_range, check_size, dtype_name
 
 __all__ = ["eye", "full", "full_like", "ones", "ones_like", "rand", "randn", "uniform", "zeros", "zeros_like"]
 
@@ -25,12 +25,14 @@ def _size(name: str, nrows: Any, ncols: Any) -> tuple[int, int]:
             raise ShapeError(
                 at_user_site(f"{name}: sizes must be at least 1, got ({nrows}, {ncols}); matgrad has no empty matrices")
             )
+    check_size(name, nrows, ncols)
     return nrows, ncols
 
 
 def _check_fill(name: str, value: Any, dtype: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(at_user_site(f"{name}: fill_value must be a real number, got {type(value).__name__}"))
+    check_int_range(name, [value], dtype)
     if dtype == "int64" and not math.isfinite(value):
         raise ArgumentError(at_user_site(f"{name}: int64 cannot hold {value}"))
 
@@ -107,8 +109,11 @@ def uniform(
 ) -> Tensor2D:
     """Samples of U(low, high), from the generator ``manual_seed`` resets."""
     m, n = _size("uniform", nrows, ncols)
-    if not low <= high:
-        raise ArgumentError(at_user_site(f"uniform: needs low <= high, got low={low}, high={high}"))
+    for bound in (low, high):
+        if isinstance(bound, bool) or not isinstance(bound, numbers.Real):
+            raise TypeError(at_user_site(f"uniform: low and high must be real numbers, got {bound!r}"))
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise ArgumentError(at_user_site(f"uniform: needs finite low <= high, got low={low}, high={high}"))
     be = _backends.get(backend)
     return _finish(be.uniform(m, n, float(low), float(high), _float_dtype("uniform", dtype)), be, requires_grad)
 
@@ -131,26 +136,26 @@ def randn(
     return _finish(be.normal(m, n, 0.0, 1.0, _float_dtype("randn", dtype)), be, requires_grad)
 
 
-def _like(t: Tensor2D, dtype: Any) -> tuple[int, int, Backend, str]:
+def _like(name: str, t: Tensor2D, dtype: Any) -> tuple[int, int, Backend, str]:
     if not isinstance(t, Tensor2D):
-        raise TypeError(at_user_site(f"expected a Tensor2D, got {type(t).__name__}"))
+        raise TypeError(at_user_site(f"{name}: expected a Tensor2D, got {type(t).__name__}"))
     return t.nrows, t.ncols, t._backend, t.dtype if dtype is None else dtype_name(dtype)
 
 
 def zeros_like(t: Tensor2D, *, requires_grad: bool = False, dtype: Any = None) -> Tensor2D:
     """Zeros with ``t``'s shape, backend and dtype."""
-    m, n, be, dt = _like(t, dtype)
+    m, n, be, dt = _like("zeros_like", t, dtype)
     return _finish(be.full(m, n, 0, dt), be, requires_grad)
 
 
 def ones_like(t: Tensor2D, *, requires_grad: bool = False, dtype: Any = None) -> Tensor2D:
     """Ones with ``t``'s shape, backend and dtype."""
-    m, n, be, dt = _like(t, dtype)
+    m, n, be, dt = _like("ones_like", t, dtype)
     return _finish(be.full(m, n, 1, dt), be, requires_grad)
 
 
 def full_like(t: Tensor2D, fill_value: float, *, requires_grad: bool = False, dtype: Any = None) -> Tensor2D:
     """``fill_value`` with ``t``'s shape, backend and dtype."""
-    m, n, be, dt = _like(t, dtype)
+    m, n, be, dt = _like("full_like", t, dtype)
     _check_fill("full_like", fill_value, dt)
     return _finish(be.full(m, n, fill_value, dt), be, requires_grad)

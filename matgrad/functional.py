@@ -12,7 +12,7 @@ from typing import Any
 
 from matgrad import autograd as _autograd
 from matgrad import backends as _backends
-from matgrad._errors import ArgumentError, ShapeError, at_user_site
+from matgrad._errors import ArgumentError, BackendError, ShapeError, at_user_site
 from matgrad.autograd import Op, record
 from matgrad.backends.base import Backend, Data
 from matgrad.ops import (
@@ -30,8 +30,9 @@ from matgrad.ops import (
     sigmoid,
     softmax,
     tanh,
+    where,
 )
-from matgrad.tensor import Tensor2D, _wrap, dtype_name
+from matgrad.tensor import Tensor2D, _wrap, check_size, dtype_name
 
 __all__ = [
     "binary_cross_entropy_with_logits",
@@ -87,11 +88,13 @@ class Linear(Op):
 
 def linear(x: Tensor2D, weight: Tensor2D, bias: Tensor2D | None = None) -> Tensor2D:
     """``x @ weight.T + bias`` as one op: ``x`` (m, in), ``weight`` (out, in), ``bias`` (1, out)."""
-    x = _tensor("linear", x)
-    weight = _tensor("linear", weight)
-    if x._backend is not weight._backend or x._data.dtype != weight._data.dtype:
+    if not isinstance(x, Tensor2D) or not isinstance(weight, Tensor2D):
+        x, weight = _tensor("linear", x), _tensor("linear", weight)
+    xd, wd = x._data, weight._data
+    be = x._backend
+    if be is not weight._backend or xd.dtype != wd.dtype:
         _same_storage("linear", x, weight)
-    (m, k), (n, k2) = x._data.shape, weight._data.shape
+    (m, k), (n, k2) = xd.shape, wd.shape
     if k != k2:
         raise ShapeError(
             at_user_site(
@@ -99,17 +102,18 @@ def linear(x: Tensor2D, weight: Tensor2D, bias: Tensor2D | None = None) -> Tenso
                 f"the input's {k} columns must equal in_features {k2}"
             )
         )
-    _need_float("linear", x)
-    be = x._backend
+    if xd.dtype not in be.float_types:
+        _need_float("linear", x)
     if bias is None:
-        return record(Linear(), be.matmul(x._data, weight._data, False, True), be, (x, weight))
-    bias = _tensor("linear", bias)
-    if bias._backend is not be or bias._data.dtype != x._data.dtype:
+        return record(Linear(), be.matmul(xd, wd, False, True), be, (x, weight))
+    if not isinstance(bias, Tensor2D):
+        bias = _tensor("linear", bias)
+    bd = bias._data
+    if bias._backend is not be or bd.dtype != xd.dtype:
         _same_storage("linear", x, bias)
-    if bias._data.shape != (1, n):
+    if bd.shape != (1, n):
         raise ShapeError(at_user_site(f"linear: bias is {_fmt(bias.shape)} but must be 1x{n} (1 x out_features)"))
-    op = Linear()
-    return record(op, op.forward(be, x._data, weight._data, bias._data), be, (x, weight, bias))
+    return record(Linear(), be.matmul(xd, wd, False, True, bd), be, (x, weight, bias))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,50 +123,65 @@ def linear(x: Tensor2D, weight: Tensor2D, bias: Tensor2D | None = None) -> Tenso
 
 def _class_targets(name: str, targets: Any, logits: Tensor2D) -> Any:
     """Class indices as the backend's flat index, checked for length and range."""
-    n, c = logits.shape
     be = logits._backend
-    if isinstance(targets, Tensor2D):
-        if targets._data.dtype in targets._backend.float_types:
-            raise ArgumentError(
-                at_user_site(
-                    f"{name}: targets are {targets.dtype}; class indices must be int64 (use .long()), "
-                    f"or pass class probabilities shaped like the logits ({n}x{c})"
-                )
-            )
-        if targets._backend is not be:
-            _same_storage(name, logits, targets.to(logits.dtype))
-        if targets.shape not in ((n, 1), (1, n)):
-            raise ShapeError(
-                at_user_site(
-                    f"{name}: {n} rows of logits need {n} targets (an {n}x1 column), got {_fmt(targets.shape)}"
-                )
-            )
-        t = targets
-    else:
-        if hasattr(targets, "ndim") and hasattr(targets, "tolist"):
-            values = targets.tolist()
-            if getattr(targets, "ndim", 1) == 2:
-                values = [v for row in values for v in row]
-        elif isinstance(targets, (list, tuple, range)):
-            values = list(targets)
-        else:
-            raise TypeError(
-                at_user_site(
-                    f"{name}: targets must be an int64 Tensor2D or a list of class indices, "
-                    f"got {type(targets).__name__}"
-                )
-            )
-        if len(values) != n:
-            raise ShapeError(at_user_site(f"{name}: {n} rows of logits but {len(values)} targets"))
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise ArgumentError(at_user_site(f"{name}: targets must be ints, found {v!r}"))
-        t = Tensor2D([[v] for v in values], dtype="int64", backend=be)
-    index = be.indices(t._data)
+    column = _target_column(name, targets, *logits.shape, be)
+    index = be.indices(column)
+    _check_range(name, index, be, logits.ncols)
+    return index
+
+
+def _check_range(name: str, index: Any, be: Backend, c: int) -> None:
     bad = be.bad_index(index, c)
     if bad is not None:
         raise ArgumentError(at_user_site(f"{name}: target {bad} is out of range for {c} classes (valid: 0 to {c - 1})"))
-    return index
+
+
+def _target_column(name: str, targets: Any, n: int, c: int, be: Backend) -> Any:
+    """Class indices for ``n`` rows of ``c`` classes as a native int64 (n, 1) matrix on ``be``.
+
+    Checked for type and length; lists are also checked for range (a tensor's range is checked
+    by the caller, or by the fused kernel as it gathers).
+    """
+    wanted = f"{n} rows of {n}x{c} logits need {n} class indices (an int64 {n}x1 column or a list of {n} ints)"
+    if isinstance(targets, Tensor2D):
+        if targets._data.dtype in targets._backend.float_types:
+            raise ShapeError(
+                at_user_site(
+                    f"{name}: floating targets are class probabilities and must be shaped like the {n}x{c} "
+                    f"logits, got {_fmt(targets.shape)}; class indices must be an int64 {n}x1 column (.long())"
+                )
+            )
+        if targets._backend is not be:
+            raise BackendError(
+                at_user_site(f"{name}: targets live on {targets.backend}, the logits on {be.name}; move one with .to()")
+            )
+        shape = targets._data.shape
+        if shape == (n, 1):
+            return targets._data
+        if shape != (1, n):
+            raise ShapeError(at_user_site(f"{name}: {wanted}, got {_fmt(shape)}"))
+        return be.transpose(targets._data)
+    if hasattr(targets, "ndim") and hasattr(targets, "tolist"):
+        shape = tuple(targets.shape)
+        if not (len(shape) == 1 or (len(shape) == 2 and 1 in shape)):
+            raise ShapeError(at_user_site(f"{name}: {wanted}, got an array of shape {shape}"))
+        values = targets.reshape(-1).tolist()
+    elif isinstance(targets, (list, tuple, range)):
+        values = list(targets)
+    else:
+        raise TypeError(
+            at_user_site(f"{name}: targets must be an int64 Tensor2D or a list of ints, got {type(targets).__name__}")
+        )
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(at_user_site(f"{name}: class indices must be ints, found {type(v).__name__} {v!r:.40}"))
+    if len(values) != n:
+        raise ShapeError(at_user_site(f"{name}: {wanted}, got {len(values)}"))
+    values = [int(v) for v in values]
+    bad = next((v for v in values if not 0 <= v < c), None)
+    if bad is not None:
+        raise ArgumentError(at_user_site(f"{name}: target {bad} is out of range for {c} classes (valid: 0 to {c - 1})"))
+    return be.from_rows([[v] for v in values], "int64")
 
 
 class CrossEntropy(Op):
@@ -183,7 +202,11 @@ class CrossEntropy(Op):
         return "cross_entropy" if self.reduction == "mean" else f"cross_entropy({self.reduction})"
 
     def forward(self, be: Backend, x: Data, keep_probs: bool = True) -> Data:
-        losses, probs = be.softmax_xent(x, self.targets)
+        try:
+            losses, probs = be.softmax_xent(x, self.targets)
+        except IndexError:  # the kernel checks the range as it gathers; find the culprit for the message
+            _check_range("cross_entropy", be.indices(self.targets), be, x.shape[1])
+            raise
         if keep_probs:
             self.saved = probs
         if self.reduction == "none":
@@ -195,10 +218,12 @@ class CrossEntropy(Op):
         be = x._backend
         n = x.shape[0]
         if _autograd.is_grad_enabled():  # create_graph: the softmax must itself be differentiable
-            onehot = _wrap(be.pick_adjoint(be.full(n, 1, 1.0, x.dtype), n, x.shape[1], None, self.targets), be)
-            scale = grad / float(n) if self.reduction == "mean" else grad
-            return ((softmax(x, 1) - onehot) * scale,)
-        scale = be.div(grad._data, float(n)) if self.reduction == "mean" else grad._data
+            index = be.indices(self.targets)
+            onehot = _wrap(be.pick_adjoint(be.full(n, 1, 1.0, x.dtype), n, x.shape[1], None, index), be)
+            return ((softmax(x, 1) - onehot) * (grad / float(n) if self.reduction == "mean" else grad),)
+        scale: Any = grad._data
+        if self.reduction != "none":  # a 1x1 upstream gradient: pass it as a number, one broadcast less
+            scale = be.tolist(scale)[0][0] / (n if self.reduction == "mean" else 1)
         return (_wrap(be.softmax_xent_grad(self.saved, self.targets, scale), be),)
 
 
@@ -209,17 +234,20 @@ def cross_entropy(logits: Tensor2D, targets: Any, reduction: str = "mean") -> Te
     PyTorch, class probabilities shaped like the logits. ``reduction``: ``"mean"`` (1x1),
     ``"sum"`` (1x1) or ``"none"`` (n, 1).
     """
-    logits = _tensor("cross_entropy", logits)
-    red = _reduction("cross_entropy", reduction)
-    _need_float("cross_entropy", logits)
-    if isinstance(targets, Tensor2D) and targets._data.dtype in targets._backend.float_types:
-        _same_storage("cross_entropy", logits, targets)
-        losses = -(targets * log_softmax(logits, 1)).sum(1)
-        return losses if red == "none" else losses.sum() if red == "sum" else losses.mean()
-    idx = _class_targets("cross_entropy", targets, logits)
-    op = CrossEntropy(idx, red)
+    if not isinstance(logits, Tensor2D):
+        logits = _tensor("cross_entropy", logits)
+    red = reduction if reduction == "mean" else _reduction("cross_entropy", reduction)
     be = logits._backend
-    recording = _autograd.is_grad_enabled() and logits.requires_grad
+    if logits._data.dtype not in be.float_types:
+        _need_float("cross_entropy", logits)
+    soft = isinstance(targets, Tensor2D) and targets._data.dtype in targets._backend.float_types
+    if soft and targets.shape == logits.shape:  # class probabilities (soft labels), as PyTorch allows
+        _same_storage("cross_entropy", logits, targets)
+        # a class of probability 0 adds nothing, even where its logit is -inf (not 0 * -inf = nan)
+        logp = where(targets == 0.0, 0.0, log_softmax(logits, 1))
+        return _reduce(-(targets * logp).sum(1), red)
+    op = CrossEntropy(_target_column("cross_entropy", targets, *logits.shape, be), red)
+    recording = _autograd._grad_enabled and logits.requires_grad
     return record(op, op.forward(be, logits._data, keep_probs=recording), be, (logits,))
 
 
@@ -236,20 +264,33 @@ def nll_loss(log_probs: Tensor2D, targets: Any, reduction: str = "mean") -> Tens
 
 def one_hot(targets: Any, num_classes: int, dtype: Any = None, backend: Any = None) -> Tensor2D:
     """An (n, num_classes) matrix with a 1 at ``(i, targets[i])`` and 0 elsewhere."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ArgumentError(at_user_site(f"one_hot: num_classes must be a positive int, got {num_classes!r}"))
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(at_user_site(f"one_hot: num_classes must be an int, got {type(num_classes).__name__}"))
+    if num_classes < 1:
+        raise ArgumentError(at_user_site(f"one_hot: num_classes must be positive, got {num_classes}"))
     if isinstance(targets, Tensor2D):
         n = targets.nrows * targets.ncols
+        if targets.nrows != 1 and targets.ncols != 1:
+            raise ShapeError(at_user_site(f"one_hot: targets must be a row or a column, got {_fmt(targets.shape)}"))
         if backend is not None:
             targets = targets.to(backend=backend)
         be = targets._backend
-    else:
+    elif isinstance(targets, (list, tuple, range)) or (hasattr(targets, "ndim") and hasattr(targets, "tolist")):
         n = len(targets)
         be = _backends.get(backend)
+    else:
+        raise TypeError(
+            at_user_site(f"one_hot: targets must be a list of ints or a Tensor2D, got {type(targets).__name__}")
+        )
+    if n == 0:
+        raise ShapeError(at_user_site("one_hot: no targets; matgrad has no empty matrices"))
+    check_size("one_hot", n, num_classes)
     dt = dtype_name(dtype)
-    shell = _wrap(be.full(n, num_classes, 0.0, dt), be)
-    idx = _class_targets("one_hot", targets, shell)
-    return _wrap(be.pick_adjoint(be.full(n, 1, 1.0, dt), n, num_classes, None, idx), be)
+    if isinstance(targets, Tensor2D) and targets.ncols != 1:
+        targets = targets.T
+    index = be.indices(_target_column("one_hot", targets, n, num_classes, be))
+    _check_range("one_hot", index, be, num_classes)
+    return _wrap(be.pick_adjoint(be.full(n, 1, 1.0, dt), n, num_classes, None, index), be)
 
 
 # ---------------------------------------------------------------------------------------------

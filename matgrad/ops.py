@@ -13,10 +13,10 @@ import numbers
 from typing import Any, Literal, Sequence, Union
 
 from matgrad import backends as _backends
-from matgrad._errors import BackendError, DTypeError, ShapeError, at_user_site
+from matgrad._errors import ArgumentError, BackendError, DTypeError, ShapeError, at_user_site
 from matgrad.autograd import Op, record
 from matgrad.backends.base import FLOAT_DTYPES, Axis, Backend, Data, Index
-from matgrad.tensor import Tensor2D, _wrap, dtype_name, get_default_dtype
+from matgrad.tensor import Tensor2D, _wrap, check_size, dtype_name, get_default_dtype
 
 __all__ = [
     "abs",
@@ -82,7 +82,10 @@ def _as_operand(x: Any, like: Tensor2D, name: str) -> Tensor2D:
             )
         return _const(x, like)  # type: ignore[arg-type]
     if hasattr(x, "ndim") and hasattr(x, "dtype") and hasattr(x, "tolist"):
-        return Tensor2D(x, dtype=like.dtype, backend=like._backend)
+        try:
+            return Tensor2D(x, dtype=like.dtype, backend=like._backend)
+        except (ShapeError, TypeError, DTypeError) as exc:  # say which op the array was given to
+            raise type(exc)(f"{name}: {str(exc).replace('Tensor2D: ', '', 1)}") from None
     raise TypeError(
         at_user_site(
             f"{name}: cannot combine a Tensor2D with a {type(x).__name__}; use a number, "
@@ -159,13 +162,21 @@ def _tensor(name: str, x: Any) -> Tensor2D:
 def _axis(name: str, axis: Any) -> Axis:
     if axis is None:
         return None
-    if isinstance(axis, bool) or not isinstance(axis, int) or axis not in (0, 1, -1, -2):
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(at_user_site(f"{name}: axis must be None, 0 or 1 (an int), got {type(axis).__name__} {axis!r}"))
+    if axis not in (0, 1, -1, -2):
         raise ShapeError(at_user_site(f"{name}: axis must be None, 0 or 1 (or -1, -2), got {axis!r}"))
     return 0 if axis % 2 == 0 else 1
 
 
-def check_inplace_operand(name: str, target: Tensor2D, other: Any) -> None:
+def check_inplace_operand(name: str, target: Tensor2D, other: Any, alpha: float = 1.0) -> None:
     """Validate the operand of an in-place update (``add_``, ``copy_``, ``mul_``)."""
+    if target.dtype == "int64":
+        numbers_used = [alpha] if isinstance(other, Tensor2D) else [alpha, other]
+        if any(isinstance(v, numbers.Real) and not float(v).is_integer() for v in numbers_used):
+            raise DTypeError(
+                at_user_site(f"{name}: an int64 tensor cannot take the non-integer {numbers_used[-1]!r}; use .float()")
+            )
     if isinstance(other, Tensor2D):
         _same_storage(name, target, other)
         if other.shape != target.shape:
@@ -501,8 +512,10 @@ def pow(a: Tensor2D, exponent: float) -> Tensor2D:
 
 def rpow(base: Any, a: Tensor2D) -> Tensor2D:
     """``base ** a`` for a positive constant base, as ``exp(a * log(base))``."""
-    if isinstance(base, bool) or not isinstance(base, numbers.Real) or not float(base) > 0:
-        raise ValueError(at_user_site(f"pow: {base!r} ** tensor needs a positive real base"))
+    if isinstance(base, bool) or not isinstance(base, numbers.Real):
+        raise TypeError(at_user_site(f"pow: {type(base).__name__} ** tensor: the base must be a real number"))
+    if not float(base) > 0:
+        raise ArgumentError(at_user_site(f"pow: {base!r} ** tensor needs a positive base (it is exp(x * log(base)))"))
     return exp(a * math.log(base))
 
 
@@ -664,8 +677,10 @@ def reshape(a: Tensor2D, nrows: int, ncols: int) -> Tensor2D:
     a = _tensor("reshape", a)
     size = a.nrows * a.ncols
     for v in (nrows, ncols):
-        if isinstance(v, bool) or not isinstance(v, int) or (v < 1 and v != -1):
-            raise ShapeError(at_user_site(f"reshape: sizes must be positive ints (or one -1), got ({nrows}, {ncols})"))
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(at_user_site(f"reshape: sizes must be ints (one may be -1), got ({nrows!r}, {ncols!r})"))
+        if v < 1 and v != -1:
+            raise ShapeError(at_user_site(f"reshape: sizes must be positive (or one -1), got ({nrows!r}, {ncols!r})"))
     if nrows == -1 and ncols == -1:
         raise ShapeError(at_user_site("reshape: only one size can be -1"))
     if nrows == -1:
@@ -705,6 +720,7 @@ def expand(a: Tensor2D, nrows: int, ncols: int) -> Tensor2D:
     a = _tensor("expand", a)
     if a.shape == (nrows, ncols):
         return a
+    check_size("expand", nrows, ncols)
     _check_broadcast("expand", (nrows, ncols), a.shape)
     if a.nrows > nrows or a.ncols > ncols:
         raise _broadcast_error("expand", a.shape, (nrows, ncols))
@@ -918,8 +934,8 @@ def _one_axis(key: Any, size: int, axis: int, shape: tuple[int, int]) -> tuple[s
     """Normalise one axis of an index: ``("int" | "slice" | "list", slice or list of ints)``."""
     what = "row" if axis == 0 else "column"
     if isinstance(key, slice):
-        if len(range(size)[key]) == 0:
-            raise IndexError(
+        if len(range(size)[key]) == 0:  # matgrad has no empty matrices
+            raise ShapeError(
                 at_user_site(f"index: slice {_fmt_index(key)} selects no {what}s of a {_fmt(shape)} tensor")
             )
         return "slice", key
@@ -952,7 +968,7 @@ def _one_axis(key: Any, size: int, axis: int, shape: tuple[int, int]) -> tuple[s
             at_user_site(f"index: cannot index with {type(key).__name__}; use an int, a slice or a list of ints")
         )
     if not values:
-        raise IndexError(at_user_site(f"index: an empty index list selects no {what}s"))
+        raise ShapeError(at_user_site(f"index: an empty index list selects no {what}s"))
     out = []
     for v in values:
         i = int(v)
@@ -1148,7 +1164,6 @@ class LogSumExp(Op):
 
     __slots__ = ("axis",)
     name = "logsumexp"
-    needs_output = True
 
     def __init__(self, axis: Literal[0, 1]) -> None:
         self.axis = axis
@@ -1157,7 +1172,8 @@ class LogSumExp(Op):
         return _log_sum_exp(be, a, self.axis)[1]
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
-        return (grad * exp(a - self.output),)
+        # softmax(a), not exp(a - C): C is rounded, and at |a| ~ 1e4 in float32 that costs 4 digits
+        return (grad * softmax(a, self.axis),)
 
 
 class Softmax(Op):
@@ -1185,7 +1201,6 @@ class LogSoftmax(Op):
 
     __slots__ = ("axis",)
     name = "log_softmax"
-    needs_output = True
 
     def __init__(self, axis: Literal[0, 1]) -> None:
         self.axis = axis
@@ -1194,7 +1209,9 @@ class LogSoftmax(Op):
         return be.sub(a, _log_sum_exp(be, a, self.axis)[1])
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
-        return (grad - exp(self.output) * grad.sum(self.axis),)
+        # softmax(a), not exp(C): C = a - logsumexp(a) is rounded, and at |a| ~ 1e4 in float32
+        # that rounding costs 4 digits; the softmax of the input subtracts the max exactly.
+        return (grad - softmax(a, self.axis) * grad.sum(self.axis),)
 
 
 def _axis01(name: str, axis: Any) -> Literal[0, 1]:

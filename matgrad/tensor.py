@@ -8,7 +8,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
 
 from matgrad import backends as _backends
-from matgrad._errors import DTypeError, GraphError, ShapeError, at_user_site
+from matgrad._errors import ArgumentError, DTypeError, GraphError, ShapeError, at_user_site
 from matgrad.backends.base import DTYPES, FLOAT_DTYPES, Backend
 
 if TYPE_CHECKING:
@@ -94,6 +94,45 @@ def _validate_rows(data: Sequence[Any]) -> Sequence[Sequence[Any]]:
     return data
 
 
+MAX_ELEMENTS = 2**31
+"""The most elements one matrix may hold (8 GiB of float32): larger requests are surely mistakes."""
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_FLOAT_MAX_INT = 2**1024  # ints at or beyond this cannot become a float
+
+
+def check_size(name: str, nrows: int, ncols: int) -> None:
+    """Refuse a matrix too large to be anything but a mistake, before trying to allocate it."""
+    if nrows * ncols > MAX_ELEMENTS:
+        raise ShapeError(
+            at_user_site(
+                f"{name}: a {nrows}x{ncols} matrix has {nrows * ncols:,} elements, beyond matgrad's "
+                f"limit of {MAX_ELEMENTS:,} per matrix"
+            )
+        )
+
+
+def check_int_range(name: str, values: Any, dtype: str) -> None:
+    """Python ints must fit the dtype: int64's range, or a float's (|v| < 2**1024)."""
+    values = list(values)
+    if int not in set(map(type, values)):  # C-speed: most data is all floats
+        return
+    ints = [v for v in values if type(v) is int]
+    lo, hi = min(ints), max(ints)
+    if dtype == "int64":
+        if lo < _INT64_MIN or hi > _INT64_MAX:
+            bad = lo if lo < _INT64_MIN else hi
+            raise ArgumentError(at_user_site(f"{name}: {_short(bad)} does not fit in int64 (-2**63 .. 2**63 - 1)"))
+    elif hi >= _FLOAT_MAX_INT or lo <= -_FLOAT_MAX_INT:
+        bad = lo if lo <= -_FLOAT_MAX_INT else hi
+        raise ArgumentError(at_user_site(f"{name}: the integer {_short(bad)} is too large for a float ({dtype})"))
+
+
+def _short(v: int) -> str:
+    text = str(v)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
+
+
 def _validate_array(a: Any) -> None:
     if a.ndim != 2:
         hint = "; use .reshape(1, -1) for a row or .reshape(-1, 1) for a column" if a.ndim == 1 else ""
@@ -127,7 +166,7 @@ def _foreign_array(data: Any) -> Any:
 def _require_finite(backend: Backend, data: Any) -> None:
     """int64 has no NaN or Inf: refuse them before converting."""
     if not backend.all_finite(data):
-        raise DTypeError("cannot convert NaN or Inf to int64")
+        raise DTypeError(at_user_site("Tensor2D: cannot convert NaN or Inf to int64"))
 
 
 def _convert(data: Any, backend: Backend, dtype: str) -> Any:
@@ -142,8 +181,9 @@ def _convert(data: Any, backend: Backend, dtype: str) -> Any:
     if isinstance(data, bool):
         raise TypeError("Tensor2D: a bool is not numeric data; use 1.0 or 0.0")
     if isinstance(data, numbers.Real):
+        check_int_range("Tensor2D", [data], dtype)
         if dtype == "int64" and not (float(data) == float(data) and abs(float(data)) != float("inf")):
-            raise DTypeError("cannot convert NaN or Inf to int64")
+            raise DTypeError(at_user_site("Tensor2D: cannot convert NaN or Inf to int64"))
         return backend.full(1, 1, data, dtype)  # type: ignore[arg-type]
     if isinstance(data, complex):
         raise TypeError("Tensor2D: complex numbers are not supported; matgrad holds real numbers only")
@@ -151,12 +191,13 @@ def _convert(data: Any, backend: Backend, dtype: str) -> Any:
         data = _foreign_array(data)  # e.g. a torch tensor: go through NumPy (or nested lists)
     if _is_array(data):
         _validate_array(data)
-        out = backend.from_array(data, dtype)
         if dtype == "int64" and data.dtype.kind == "f":
             _require_finite(backend, backend.from_array(data, "float64"))
-        return out
+        return backend.from_array(data, dtype)
     if isinstance(data, (list, tuple)):
         rows = _validate_rows(data)
+        check_size("Tensor2D", len(rows), len(rows[0]))
+        check_int_range("Tensor2D", chain.from_iterable(rows), dtype)
         if dtype == "int64":
             _require_finite(backend, backend.from_rows(rows, "float64"))
         return backend.from_rows(rows, dtype)
@@ -380,7 +421,9 @@ class Tensor2D:
     def add_(self, other: Tensor2D | Scalar, alpha: builtins.float = 1.0) -> Tensor2D:
         """``self += alpha * other`` in place; returns ``self``."""
         self._check_inplace("add_")
-        _ops.check_inplace_operand("add_", self, other)
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+            raise TypeError(at_user_site(f"add_: alpha must be a real number, got {type(alpha).__name__}"))
+        _ops.check_inplace_operand("add_", self, other, alpha)
         be = self._backend
         if isinstance(other, Tensor2D):
             be.axpy(self._data, other._data, float(alpha))

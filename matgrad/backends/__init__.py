@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from matgrad._errors import BackendError
+from matgrad._errors import ArgumentError, BackendError
 from matgrad.backends.base import DTYPES, FLOAT_DTYPES, Backend
 
 __all__ = [
@@ -67,10 +67,10 @@ def get(name: str | Backend | None = None) -> Backend:
         return _default if _default is not None else _resolve_default()
     if isinstance(name, Backend):
         return name
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a name such as 'numpy' or 'python', got {type(name).__name__} {name!r}")
     backend = _instances.get(name)
     if backend is None:
-        if not isinstance(name, str):
-            raise BackendError(f"backend must be a name such as 'numpy' or 'python', got {name!r}")
         backend = _instances[name] = _create(name)
     return backend
 
@@ -103,6 +103,8 @@ def manual_seed(seed: int) -> None:
     global _seed
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"manual_seed: seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**64:
+        raise ArgumentError(f"manual_seed: seed must be in 0 .. 2**64 - 1, got {seed}")
     _seed = seed
     for backend in _instances.values():
         backend.seed(seed)

@@ -185,17 +185,21 @@ class Backend(ABC):
 
     # -- fused softmax cross-entropy ---------------------------------------------------------
     @abstractmethod
-    def softmax_xent(self, x: Data, targets: Any) -> tuple[Data, Data]:
-        """``(losses, probs)`` for logits ``x`` (n, c) and class indices ``targets`` (from ``indices``).
+    def softmax_xent(self, x: Data, targets: Data) -> tuple[Data, Data]:
+        """``(losses, probs)`` for logits ``x`` (n, c) and the int64 (n, 1) column of classes ``targets``.
 
         ``losses[i] = logsumexp(x[i]) - x[i, t_i]`` as an (n, 1) column and ``probs`` the
         row-wise softmax, both computed after subtracting each row's maximum (stable for any
-        finite logits; a row of -inf gives NaN, as in PyTorch).
+        finite logits; a row of -inf gives NaN, as in PyTorch). A class outside ``0 .. c-1``
+        raises IndexError (the caller turns it into a clear error).
         """
 
     @abstractmethod
-    def softmax_xent_grad(self, probs: Data, targets: Any, scale: Operand) -> Data:
-        """``(probs - onehot(targets)) * scale``: the gradient of the losses w.r.t. the logits."""
+    def softmax_xent_grad(self, probs: Data, targets: Data, scale: Operand) -> Data:
+        """``(probs - onehot(targets)) * scale``: the gradient of the losses w.r.t. the logits.
+
+        ``scale`` is a number or an (n, 1) column.
+        """
 
     # -- reductions ---------------------------------------------------------------------------
     @abstractmethod

@@ -29,6 +29,7 @@ class NumpyBackend(Backend):
         self._names = {xp.dtype(t): name for name, t in self._dtypes.items()}
         self.float_types = frozenset({xp.dtype(xp.float32), xp.dtype(xp.float64)})
         self._rng = xp.random.default_rng(0)
+        self._row_index: dict[int, Any] = {}
         self._compare = {
             "eq": xp.equal,
             "ne": xp.not_equal,
@@ -120,7 +121,7 @@ class NumpyBackend(Backend):
         elif alpha == -1.0:
             a -= b
         else:
-            a += a.dtype.type(alpha) * b
+            a += alpha * b  # a Python float keeps b's dtype (NumPy's scalar casting rules)
 
     # -- element-wise ------------------------------------------------------------------------
     def add(self, a: Operand, b: Operand) -> Any:
@@ -186,22 +187,32 @@ class NumpyBackend(Backend):
             out += bias
         return out
 
+    def _rows(self, n: int) -> Any:
+        """The (n, 1) column 0, 1, ..., n-1, cached: it pairs each row with its target."""
+        rows = self._row_index.get(n)
+        if rows is None:
+            rows = self._row_index[n] = self.xp.arange(n).reshape(n, 1)
+        return rows
+
+    # Tiny arrays: each NumPy call costs more than the arithmetic, so these use as few as possible.
     def softmax_xent(self, x: Any, targets: Any) -> tuple[Any, Any]:
         xp = self.xp
+        # Read as unsigned, a negative class is huge: one reduction checks both ends of the range.
+        # (Gathering with the unsigned view would not: NumPy casts it back and -1 means the last.)
+        if int(xp.maximum.reduce(targets.view(xp.uint64), axis=None)) >= x.shape[1]:
+            raise IndexError("a class index is out of range")
         z = x - xp.maximum.reduce(x, axis=1, keepdims=True)
-        picked = z[xp.arange(len(targets)), targets]
+        picked = z[self._rows(x.shape[0]), targets]
         xp.exp(z, out=z)
         total = xp.add.reduce(z, axis=1, keepdims=True)
         z /= total
         losses = xp.log(total)
-        losses[:, 0] -= picked
+        losses -= picked
         return losses, z
 
     def softmax_xent_grad(self, probs: Any, targets: Any, scale: Operand) -> Any:
-        xp = self.xp
         out = probs * scale
-        rows = xp.arange(len(targets))
-        out[rows, targets] -= scale.reshape(-1) if hasattr(scale, "reshape") else scale
+        out[self._rows(probs.shape[0]), targets] -= scale
         return out
 
     def transpose(self, a: Any) -> Any:
@@ -271,7 +282,7 @@ class NumpyBackend(Backend):
 
     def bad_index(self, index: Any, bound: int) -> int | None:
         # Read as unsigned, a negative index is huge: one reduction checks both ends.
-        if int(index.view(self.xp.uint64).max()) < bound:
+        if int(self.xp.maximum.reduce(index.view(self.xp.uint64))) < bound:
             return None
         return int(index[(index < 0) | (index >= bound)][0])
 

@@ -481,11 +481,14 @@ class PythonBackend(Backend):
             out = list(map(operator.add, out, bias.data * m))
         return _finish(m, n, out, a.dtype)
 
-    def softmax_xent(self, x: Matrix, targets: list[int]) -> tuple[Matrix, Matrix]:
+    def softmax_xent(self, x: Matrix, targets: Matrix) -> tuple[Matrix, Matrix]:
         losses: list[float] = []
         probs: list[float] = []
         exp = _safe_exp
-        for row, t in zip(x.rows(), targets):
+        c = x.ncols
+        for row, t in zip(x.rows(), targets.data):
+            if not 0 <= t < c:
+                raise IndexError(f"class {t} out of range for {c} classes")
             top = max(row)
             if top != top or top == -_INF:
                 top = 0.0 if top == -_INF else top
@@ -496,11 +499,11 @@ class PythonBackend(Backend):
             probs.extend([v * inv for v in e])
         return _finish(x.nrows, 1, losses, x.dtype), _finish(x.nrows, x.ncols, probs, x.dtype)
 
-    def softmax_xent_grad(self, probs: Matrix, targets: list[int], scale: Operand) -> Matrix:
+    def softmax_xent_grad(self, probs: Matrix, targets: Matrix, scale: Operand) -> Matrix:
         n = probs.ncols
         scales = _materialise(_expand(scale, probs.nrows, 1), probs.nrows)
         out: list[float] = []
-        for i, (t, s) in enumerate(zip(targets, scales)):
+        for i, (t, s) in enumerate(zip(targets.data, scales)):
             row = probs.data[i * n : (i + 1) * n]
             row[t] -= 1.0
             out.extend([v * s for v in row])

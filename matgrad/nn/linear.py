@@ -7,9 +7,11 @@ from typing import Any
 
 from matgrad import backends as _backends
 from matgrad import functional as F
+from matgrad._errors import DTypeError, at_user_site
+from matgrad.backends.base import FLOAT_DTYPES
 from matgrad.nn import init
 from matgrad.nn.module import Module, Parameter, _positive_int
-from matgrad.tensor import Tensor2D, _wrap, dtype_name
+from matgrad.tensor import Tensor2D, _wrap, check_size, dtype_name
 
 __all__ = ["Identity", "Linear"]
 
@@ -31,7 +33,8 @@ class Linear(Module):
         super().__init__()
         self.in_features = _positive_int("Linear", "in_features", in_features)
         self.out_features = _positive_int("Linear", "out_features", out_features)
-        dt = dtype_name(dtype)
+        check_size("Linear", self.out_features, self.in_features)
+        dt = _float_dtype("Linear", dtype)
         be = _backends.get(backend)
         self.weight = Parameter(_wrap(be.full(self.out_features, self.in_features, 0.0, dt), be))
         if bias:
@@ -48,10 +51,21 @@ class Linear(Module):
             init.uniform_(self.bias, -bound, bound)
 
     def forward(self, input: Tensor2D) -> Tensor2D:
-        return F.linear(input, self.weight, self.bias)
+        params = self._parameters  # not self.weight: Module.__getattr__ costs ~1 us per lookup
+        return F.linear(input, params["weight"], params["bias"])  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def _float_dtype(owner: str, dtype: Any) -> str:
+    """``dtype`` as a floating dtype name, or a DTypeError naming ``owner``: parameters are trained."""
+    dt = dtype_name(dtype)
+    if dt not in FLOAT_DTYPES:
+        raise DTypeError(
+            at_user_site(f"{owner}: parameters must be floating (float32 or float64), not {dt}; pass dtype='float32'")
+        )
+    return dt
 
 
 class Identity(Module):
