@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 import os
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Sequence, TypeVar
@@ -210,13 +211,16 @@ class Op:
         return f"<{self.describe()} op>"
 
 
+_requires_grad = operator.attrgetter("requires_grad")
+
+
 def record(op: Op, data: Data, backend: Backend, inputs: tuple[Tensor2D, ...]) -> Tensor2D:
     """Wrap ``data`` as the output of ``op``; link it into the graph when grad mode is on."""
     out = _wrap(data, backend)
     if _anomaly:
         _check_forward(op, out, inputs)
     if _grad_enabled:
-        needs = tuple([t.requires_grad for t in inputs])
+        needs = tuple(map(_requires_grad, inputs))
         if True in needs:
             op.inputs = inputs
             op.needs_input_grad = needs

@@ -12,6 +12,7 @@ import math
 import numbers
 from typing import Any, Literal, Sequence, Union
 
+from matgrad import autograd as _autograd
 from matgrad import backends as _backends
 from matgrad._errors import ArgumentError, BackendError, DTypeError, ShapeError, at_user_site
 from matgrad.autograd import Op, record
@@ -283,7 +284,10 @@ def mul(a: TensorLike, b: TensorLike) -> Tensor2D:
     """``a * b`` element-wise, with broadcasting."""
     a, b = _binary("mul", a, b)
     be = a._backend
-    return record(Mul(), be.mul(a._data, b._data), be, (a, b))
+    data = be.mul(a._data, b._data)
+    if not (_autograd._grad_enabled or _autograd._anomaly):  # nothing to record: skip the op object
+        return _wrap(data, be)
+    return record(Mul(), data, be, (a, b))
 
 
 def div(a: TensorLike, b: TensorLike) -> Tensor2D:
@@ -604,8 +608,10 @@ class MatMul(Op):
 def gemm(a: Tensor2D, b: Tensor2D, trans_a: bool = False, trans_b: bool = False) -> Tensor2D:
     """``op(a) @ op(b)`` without materialising the transposes (used by backward rules)."""
     be = a._backend
-    op = MatMul(trans_a, trans_b)
-    return record(op, be.matmul(a._data, b._data, trans_a, trans_b), be, (a, b))
+    data = be.matmul(a._data, b._data, trans_a, trans_b)
+    if not (_autograd._grad_enabled or _autograd._anomaly):  # backward without create_graph: no op
+        return _wrap(data, be)
+    return record(MatMul(trans_a, trans_b), data, be, (a, b))
 
 
 def matmul(a: Tensor2D, b: Tensor2D) -> Tensor2D:

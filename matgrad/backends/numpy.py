@@ -150,6 +150,9 @@ class NumpyBackend(Backend):
         return self.xp.minimum(a, b)
 
     def compare(self, op: str, a: Operand, b: Operand, out_dtype: str | None = None) -> Any:
+        if out_dtype is None and isinstance(b, float):  # the common mask (relu): write 0/1 directly
+            out = self.xp.empty(a.shape, a.dtype)  # type: ignore[union-attr]
+            return self._compare[op](a, b, out=out)
         dt = (a if hasattr(a, "dtype") else b).dtype if out_dtype is None else self._dtypes[out_dtype]
         return self._compare[op](a, b).astype(dt)
 

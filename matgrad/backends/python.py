@@ -243,13 +243,14 @@ def dot_products(lefts: Sequence[list[float]], rights: Sequence[list[float]]) ->
     Each dot product is one C call. On Python 3.12+ that is ``math.sumprod``. Before it, the
     fastest C helper is ``math.dist`` with the polarisation identity
     ``a . b = (|a|^2 + |b|^2 - |a - b|^2) / 2``, whose rounding error is about
-    ``eps (|a|^2 + |b|^2)``: fine while every ``|a| / |b|`` stays within ``_RATIO`` of 1 (error
-    about ``1e-13 |a| |b|``), wrong when the norms differ wildly. Then the vectors are first
-    scaled to unit length, ``a . b = |a| |b| (1 - |a_hat - b_hat|^2 / 2)``, which keeps the error
-    near ``eps |a| |b|``, the error of any dot product. Vectors that are not finite, or so tiny
-    that ``1/|a|`` overflows, take the plain ``sum(map(mul, ...))`` path so NaN and Inf
-    propagate exactly as in IEEE arithmetic. ``benchmarks/matmul_python.py`` measures the
-    strategies side by side.
+    ``eps (|a|^2 + |b|^2) / 2``: relative to ``|a| |b|`` that is ``eps (t + 1/t) / 2`` for
+    ``t = |a| / |b|``, so below ``1e-10 |a| |b|`` while every ratio of nonzero norms stays within
+    ``_RATIO`` (600 times below float32's rounding, the only dtype that uses this; float64 takes
+    plain sums). Beyond it the vectors are first scaled to unit length,
+    ``a . b = |a| |b| (1 - |a_hat - b_hat|^2 / 2)``, which keeps the error near ``eps |a| |b|``.
+    A zero vector gives exact zeros. Vectors that are not finite, or so tiny that ``1/|a|``
+    overflows, take the plain ``sum(map(mul, ...))`` path so NaN and Inf propagate exactly as in
+    IEEE arithmetic. ``benchmarks/matmul_python.py`` measures the strategies side by side.
     """
     if _SUMPROD is not None:
         sumprod = _SUMPROD
@@ -258,19 +259,28 @@ def dot_products(lefts: Sequence[list[float]], rights: Sequence[list[float]]) ->
     dist = math.dist
     lnorms = [hypot(*r) for r in lefts]
     rnorms = [hypot(*c) for c in rights]
-    finite = [x for x in lnorms + rnorms if 1e-300 < x < _INF]
-    if len(finite) == len(lnorms) + len(rnorms) and max(finite) <= _RATIO * min(finite):
+    nonzero = [x for x in lnorms + rnorms if x != 0.0]
+    if nonzero and all(1e-300 < x < _INF for x in nonzero) and max(nonzero) <= _RATIO * min(nonzero):
         rsq = [x * x for x in rnorms]
+        n = len(rights)
         out: list[float] = []
         extend = out.extend
         for r, x in zip(lefts, lnorms):
+            if x == 0.0:
+                extend(repeat(0.0, n))
+                continue
             lsq = x * x
             extend([0.5 * (lsq + y - d * d) for y, d in zip(rsq, map(dist, repeat(r), rights))])
+        zero_cols = [j for j, y in enumerate(rnorms) if y == 0.0]
+        if zero_cols:  # a zero vector's products are exactly 0, not a rounding residue
+            for base in range(0, len(out), n):
+                for j in zero_cols:
+                    out[base + j] = 0.0
         return out
     return _dot_products_unit(lefts, rights, lnorms, rnorms)
 
 
-_RATIO = 1e3
+_RATIO = 1e6
 
 
 def _plain_dot_products(lefts: Sequence[list[float]], rights: Sequence[list[float]]) -> list[float]:
