@@ -252,10 +252,11 @@ def _site_of(op: Op) -> str:
 
 def _check_forward(op: Op, out: Tensor2D, inputs: tuple[Tensor2D, ...]) -> None:
     if not out._backend.all_finite(out._data) and all(t._backend.all_finite(t._data) for t in inputs):
-        site = user_site()
         raise AnomalyError(
-            f"{op.describe()} produced NaN or Inf in its {out.nrows}x{out.ncols} output from "
-            f"finite inputs ({_shapes(inputs)})" + (f" at {site}" if site else "")
+            at_user_site(
+                f"{op.describe()} produced NaN or Inf in its {out.nrows}x{out.ncols} output from "
+                f"finite inputs ({_shapes(inputs)})"
+            )
         )
 
 

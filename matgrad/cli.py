@@ -60,6 +60,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 2**64 - 1, got {value}")
+    return value
+
+
 def _hidden_sizes(text: str) -> list[int]:
     sizes = []
     for part in text.split(","):
@@ -105,7 +115,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--hidden", type=_hidden_sizes, default=[128], metavar="SIZES", help="hidden layer sizes (default 128)"
     )
-    train.add_argument("--seed", type=int, default=0, help="random seed for init and shuffling (default 0)")
+    train.add_argument("--seed", type=_seed, default=0, help="random seed for init and shuffling (default 0)")
     train.add_argument("--limit", type=_positive_int, metavar="N", help="train on the first N images only")
     train.add_argument("--save", metavar="FILE", help="write the trained model (.safetensors)")
     train.add_argument("--graph", metavar="FILE", help="draw the loss graph of one batch (.svg, .png, .pdf, .dot)")
@@ -176,10 +186,31 @@ def _plot_curves(path: str, history: list[dict[str, float]]) -> None:
             os.remove(tmp)
 
 
-def _check_writable(path: str, option: str) -> None:
+GRAPH_SUFFIXES = (".svg", ".png", ".pdf", ".dot", ".gv")
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def _check_writable(path: str, option: str, suffixes: Sequence[str] = ()) -> None:
+    """Refuse, before any work, an output file whose folder is missing or whose suffix we cannot write."""
+    if suffixes and os.path.splitext(path)[1].lower() not in suffixes:
+        raise CommandError(
+            f"{option} {path}: cannot write {os.path.basename(path)!r}; name a {', '.join(suffixes[:-1])} "
+            f"or {suffixes[-1]} file"
+        )
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CommandError(f"{option} {path}: the folder {folder} does not exist")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line: a list of problems (one per line) joined with "; "."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    for line in lines[1:]:
+        text += (" " if text.endswith(":") else "; ") + line
+    return text
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -192,9 +223,13 @@ def _train(args: argparse.Namespace) -> int:
     from matgrad.data import DataLoader
     from matgrad.metrics import accuracy, confusion_matrix, format_confusion_matrix, predict
 
-    for option, path in (("--save", args.save), ("--graph", args.graph), ("--plot", args.plot)):
+    for option, path, suffixes in (
+        ("--save", args.save, ()),
+        ("--graph", args.graph, GRAPH_SUFFIXES),
+        ("--plot", args.plot, PLOT_SUFFIXES),
+    ):
         if path:
-            _check_writable(path, option)
+            _check_writable(path, option, suffixes)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -335,7 +370,7 @@ def _graph(args: argparse.Namespace) -> int:
     from matgrad.data import load_mnist
     from matgrad.viz import draw_model_graph, render_graph
 
-    _check_writable(args.output, "-o")
+    _check_writable(args.output, "-o", GRAPH_SUFFIXES)
     data = load_mnist(sample=True)
     mg.manual_seed(0)
     sizes = [data.x_train.ncols, *args.hidden, 10]
@@ -397,8 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("matgrad: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (CommandError, MatgradError, OSError, ValueError) as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"matgrad {args.command}: error: {text}", file=sys.stderr)
+        print(f"matgrad {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
 
 

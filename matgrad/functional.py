@@ -359,7 +359,9 @@ def binary_cross_entropy_with_logits(input: Tensor2D, target: Tensor2D, reductio
 def dropout(x: Tensor2D, p: float = 0.5, training: bool = True) -> Tensor2D:
     """Zero each element with probability ``p`` and scale the rest by ``1/(1-p)`` (when training)."""
     x = _tensor("dropout", x)
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(at_user_site(f"dropout: p must be a number (a probability), got {type(p).__name__}"))
+    if not 0.0 <= p <= 1.0:
         raise ArgumentError(at_user_site(f"dropout: p must be a probability in [0, 1], got {p!r}"))
     if not training or p == 0.0:
         return x

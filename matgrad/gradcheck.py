@@ -9,10 +9,12 @@ along the wrong axis).
 
 from __future__ import annotations
 
+import math
+import numbers
 import random
 from typing import Any, Callable, Sequence
 
-from matgrad._errors import GradcheckError
+from matgrad._errors import ArgumentError, GradcheckError, at_user_site
 from matgrad.autograd import grad as _grad
 from matgrad.backends.base import FLOAT_DTYPES
 from matgrad.tensor import Tensor2D
@@ -54,6 +56,24 @@ def _objective(outputs: Sequence[Tensor2D], ups: Sequence[Tensor2D]) -> float:
         for ro, ru in zip(o.tolist(), u.tolist()):
             total += sum(a * b for a, b in zip(ro, ru))
     return total
+
+
+def _check_options(name: str, fn: Any, eps: Any, atol: Any, rtol: Any, seed: Any) -> None:
+    """Refuse a non-callable ``fn`` and tolerances that are not finite numbers (``eps`` > 0, the rest >= 0)."""
+    if not callable(fn):
+        raise TypeError(
+            at_user_site(f"{name}: fn must be a function of the input tensors, got {type(fn).__name__} {fn!r:.40}")
+        )
+    for option, value, positive in (("eps", eps, True), ("atol", atol, False), ("rtol", rtol, False)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(
+                at_user_site(f"{name}: {option} must be a number, got {type(value).__name__} {value!r:.40}")
+            )
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            bound = "> 0" if positive else ">= 0"
+            raise ArgumentError(at_user_site(f"{name}: {option} must be a finite number {bound}, got {value}"))
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(at_user_site(f"{name}: seed must be an int, got {type(seed).__name__} {seed!r:.40}"))
 
 
 def _float64_inputs(inputs: Sequence[Any]) -> list[Any]:
@@ -118,6 +138,7 @@ def gradcheck(
     names the input, the worst ``(row, col)``, both values and the absolute and relative error;
     with ``raise_exception=False`` the result is ``False`` instead.
     """
+    _check_options("gradcheck", fn, eps, atol, rtol, seed)
     xs = _float64_inputs(_as_tuple(inputs))
     wrt = [i for i, x in enumerate(xs) if isinstance(x, Tensor2D) and x.requires_grad]
     if not wrt:
@@ -158,6 +179,7 @@ def gradgradcheck(
     seed: int = 0,
 ) -> bool:
     """Check second derivatives: ``gradcheck`` of ``x -> grad(<U, fn(x)>, x, create_graph=True)``."""
+    _check_options("gradgradcheck", fn, eps, atol, rtol, seed)
     xs = _float64_inputs(_as_tuple(inputs))
     wrt = [i for i, x in enumerate(xs) if isinstance(x, Tensor2D) and x.requires_grad]
     if not wrt:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import numbers
 import os
 import sys
 import tempfile
@@ -115,28 +116,38 @@ def _is_module(obj: Any) -> bool:
     return callable(getattr(obj, "named_parameters", None)) and callable(getattr(obj, "named_modules", None))
 
 
-def _param_names(params: Any) -> list[tuple[str, Tensor2D]]:
+def _param_names(params: Any, where: str = "draw_graph") -> list[tuple[str, Tensor2D]]:
     """``params`` (a Module, a mapping or an iterable of pairs) as ``(name, tensor)`` pairs."""
+    expected = "a Module, a dict of name -> Tensor2D or pairs such as model.named_parameters()"
     if params is None:
         return []
     if _is_module(params):
         pairs = list(params.named_parameters())
     elif isinstance(params, Mapping):
         pairs = list(params.items())
+    elif isinstance(params, (str, bytes)) or not hasattr(params, "__iter__"):
+        raise TypeError(f"{where}: params must be {expected}; got {type(params).__name__} {params!r:.60}")
     else:
         pairs = list(params)
     for pair in pairs:
         if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], Tensor2D)):
-            raise TypeError(
-                "draw_graph: params must be a Module, a dict of name -> Tensor2D or pairs such as "
-                f"model.named_parameters(); found {pair!r:.60}"
-            )
+            raise TypeError(f"{where}: params must be {expected}; found {pair!r:.60}")
     return [(str(n), t) for n, t in pairs]
 
 
-def _params_once(params: Any) -> Any:
+def _params_once(params: Any, where: str) -> Any:
     """A Module as it is; anything else as a list of pairs, so an iterator can be read twice."""
-    return params if params is None or _is_module(params) else _param_names(params)
+    return params if params is None or _is_module(params) else _param_names(params, where)
+
+
+def _check_limit(where: str, name: str, value: Any) -> None:
+    """``value`` must be None or a positive int (a TypeError for other types, an ArgumentError for < 1)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}: {name} must be a positive int or None, got {type(value).__name__} {value!r:.40}")
+    if value < 1:
+        raise ArgumentError(f"{where}: {name} must be a positive int or None, got {value!r}")
 
 
 def _scope(t: Tensor2D) -> tuple[Any, ...]:
@@ -663,10 +674,9 @@ def draw_graph(
     """
     if rankdir not in _RANKDIRS:
         raise ArgumentError(f"draw_graph: rankdir must be one of {', '.join(_RANKDIRS)}, got {rankdir!r}")
-    if max_nodes is not None and (isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes < 1):
-        raise ArgumentError(f"draw_graph: max_nodes must be a positive int or None, got {max_nodes!r}")
+    _check_limit("draw_graph", "max_nodes", max_nodes)
     roots = _as_roots(root, "draw_graph")
-    params = _params_once(params)
+    params = _params_once(params, "draw_graph")
     with _gc_paused():
         plan = _gradient_plan(roots, params) if backward else _plan(roots, params)
         count = plan.node_count()
@@ -719,6 +729,11 @@ def render_graph(root: Roots | graphviz.Digraph, path: str | os.PathLike[str], *
     missing, the DOT text is written to ``<path stem>.dot`` and a ``MatgradError`` says how to
     install Graphviz.
     """
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise TypeError(
+            f"render_graph: path must be a file name such as 'graph.svg' (a str or pathlib.Path), "
+            f"got {type(path).__name__} {path!r:.40}"
+        )
     target = Path(path)
     fmt = target.suffix.lower().lstrip(".")
     if fmt not in (*_RENDER_FORMATS, "dot", "gv"):
@@ -756,6 +771,10 @@ def draw_model_graph(model: Any, x: Tensor2D, y: Any, *, grad: bool = True, **dr
     parameters' previous ``.grad`` are restored afterwards, so a trained model is left as it was.
     Other keyword arguments go to ``draw_graph`` (``params`` defaults to ``model``).
     """
+    if not callable(model) or not _is_module(model):
+        raise TypeError(
+            f"draw_model_graph: model must be a Module (callable, with named_parameters), got {type(model).__name__}"
+        )
     if not isinstance(x, Tensor2D):
         raise TypeError(f"draw_model_graph: x must be a Tensor2D batch, got {type(x).__name__}")
     if not x.requires_grad:
@@ -830,10 +849,9 @@ def text_graph(
     as ``[see #k]``. Stops after ``max_lines`` lines (``None``: no limit).
     """
     roots = _as_roots(root, "text_graph")
-    if max_lines is not None and (isinstance(max_lines, bool) or not isinstance(max_lines, int) or max_lines < 1):
-        raise ArgumentError(f"text_graph: max_lines must be a positive int or None, got {max_lines!r}")
+    _check_limit("text_graph", "max_lines", max_lines)
     with _gc_paused():
-        plan = _plan(roots, _params_once(params))
+        plan = _plan(roots, _params_once(params, "text_graph"))
     uses = [0] * len(plan.order)
     for t in plan.order:
         for inp in t.inputs:

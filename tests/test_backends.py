@@ -96,8 +96,10 @@ def test_elementwise_parity(data: st.DataObject, dtype: str) -> None:
         same(PY.compare(op, pa, pb, dtype), NP.compare(op, na, nb, dtype))
     for op in ("neg", "abs", "sign", "tanh", "sigmoid", "exp"):
         same(PY.unary(op, pa), NP.unary(op, na), 1e-12 if dtype == "float64" else 1e-6)
+    # float32 sums round each partial sum (NumPy) or only the total (python): the difference is
+    # bounded by n * eps * sum|x|, here at most 16 * 6e-8 * 80, not by the size of the result.
     for axis in (None, 0, 1):
-        same(PY.sum(pa, axis), NP.sum(na, axis), 1e-12 if dtype == "float64" else 1e-6)
+        same(PY.sum(pa, axis), NP.sum(na, axis), 1e-12 if dtype == "float64" else 1e-4)
         same(PY.max(pa, axis), NP.max(na, axis))
         same(PY.argmin(pa, axis), NP.argmin(na, axis))
     same(PY.transpose(pa), NP.transpose(na))

@@ -608,8 +608,11 @@ def test_dropout_gradient_flows_only_through_kept_units(backend: str) -> None:
 
 
 def test_dropout_validation() -> None:
-    for bad in (-0.1, 1.5, True, "0.5"):
+    for bad in (-0.1, 1.5):  # a wrong value
         with pytest.raises(ArgumentError, match="Dropout: p must be a probability in"):
+            nn.Dropout(bad)
+    for bad in (True, "0.5"):  # a wrong type
+        with pytest.raises(TypeError, match="Dropout: p must be a probability in"):
             nn.Dropout(bad)  # type: ignore[arg-type]
 
 

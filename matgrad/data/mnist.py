@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
+import numbers
 import os
 import socket
 import sys
 import zlib
+from collections.abc import Iterable, Mapping, Set
 from typing import Any, NamedTuple, Sequence, Union
 
 from matgrad import backends as _backends
@@ -89,19 +92,34 @@ def _find(root: str, name: str) -> str | None:
     return next((p for p in _candidates(root, name) if os.path.isfile(p)), None)
 
 
-def _check_mirrors(mirrors: Sequence[str] | None) -> list[str]:
+def _check_mirrors(fn: str, mirrors: Sequence[str] | None) -> list[str]:
     if mirrors is None:
         return list(MIRRORS)
     if isinstance(mirrors, (str, bytes)):
-        raise ArgumentError(f"mirrors must be a list of URLs, not one string; write mirrors=[{mirrors!r}]")
+        raise ArgumentError(f"{fn}: mirrors must be a list of URLs, not one string; write mirrors=[{mirrors!r}]")
+    if isinstance(mirrors, (Set, Mapping)) or not isinstance(mirrors, Iterable):
+        raise TypeError(
+            f"{fn}: mirrors must be a list of http(s):// URL strings (tried in order), got {type(mirrors).__name__}"
+        )
     out = []
     for m in mirrors:
-        if not isinstance(m, str) or not m.startswith(("https://", "http://")):
-            raise ArgumentError(f"each mirror must be an http(s):// URL string, got {m!r}")
+        if not isinstance(m, str):
+            raise TypeError(f"{fn}: each mirror must be an http(s):// URL string, got {type(m).__name__} {m!r:.60}")
+        if not m.startswith(("https://", "http://")):
+            raise ArgumentError(f"{fn}: each mirror must be an http(s):// URL string, got {m!r}")
         out.append(m if m.endswith("/") else m + "/")
     if not out:
-        raise ArgumentError("mirrors is empty; give at least one URL (or None for the defaults)")
+        raise ArgumentError(f"{fn}: mirrors is empty; give at least one URL (or None for the defaults)")
     return out
+
+
+def _directory(fn: str, root: Any) -> str:
+    """``root`` (a str or a path object) as a str, or ``default_root()`` for None."""
+    if root is None:
+        return default_root()
+    if isinstance(root, str) or (isinstance(root, os.PathLike) and isinstance(os.fspath(root), str)):
+        return os.fspath(root)
+    raise TypeError(f"{fn}: root must be a directory path (a str or pathlib.Path), got {type(root).__name__}")
 
 
 # -- verification ------------------------------------------------------------------------------
@@ -291,16 +309,20 @@ def download_mnist(
     ``timeout`` bounds each network wait; ``progress`` shows tqdm bars on stderr (default: when
     stderr is a terminal). Raises ``DataError`` listing every mirror's failure.
     """
-    directory = default_root() if root is None else os.fspath(root)
-    mirror_list = _check_mirrors(mirrors)
-    _check_timeout(timeout)
+    directory = _directory("download_mnist", root)
+    mirror_list = _check_mirrors("download_mnist", mirrors)
+    _check_timeout("download_mnist", timeout)
     show = sys.stderr.isatty() if progress is None else bool(progress)
     return [_ensure(directory, name, mirror_list, timeout, show)[0] for name in NAMES]
 
 
-def _check_timeout(timeout: float) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+def _check_timeout(fn: str, timeout: float) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(
+            f"{fn}: timeout must be a positive number of seconds, got {type(timeout).__name__} {timeout!r:.40}"
+        )
+    if not 0 < timeout < math.inf:
+        raise ArgumentError(f"{fn}: timeout must be a positive number of seconds, got {timeout!r}")
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -371,11 +393,11 @@ def load_mnist(
             raise ArgumentError("load_mnist: sample=True loads the shipped sample; do not pass root or download")
         directory = SAMPLE_DIR
     else:
-        directory = default_root() if root is None else os.fspath(root)
+        directory = _directory("load_mnist", root)
     files: dict[str, tuple[str, IdxArray]] = {}
     if download and not sample:
-        mirror_list = _check_mirrors(mirrors)
-        _check_timeout(timeout)
+        mirror_list = _check_mirrors("load_mnist", mirrors)
+        _check_timeout("load_mnist", timeout)
         show = sys.stderr.isatty() if progress is None else bool(progress)
         for name in NAMES:
             files[name] = _ensure(directory, name, mirror_list, timeout, show)

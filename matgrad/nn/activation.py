@@ -55,7 +55,11 @@ class Tanh(Module):
 def _axis(owner: str, axis: Any, dim: Any) -> int:
     if dim is not None:
         axis = dim
-    if isinstance(axis, bool) or axis not in (0, 1, -1, -2):
+    if axis is not None and (isinstance(axis, bool) or not isinstance(axis, numbers.Integral)):
+        raise TypeError(
+            at_user_site(f"{owner}: axis must be an int, 0 or 1 (or -1, -2), got {type(axis).__name__} {axis!r:.40}")
+        )
+    if axis not in (0, 1, -1, -2):
         raise ArgumentError(at_user_site(f"{owner}: axis must be 0 or 1 (or -1, -2), got {axis!r}"))
     return int(axis)
 
@@ -100,7 +104,11 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real):
+            raise TypeError(
+                at_user_site(f"Dropout: p must be a probability in [0, 1] (a number), got {type(p).__name__} {p!r:.40}")
+            )
+        if not 0.0 <= p <= 1.0:
             raise ArgumentError(at_user_site(f"Dropout: p must be a probability in [0, 1], got {p!r}"))
         self.p = p
 

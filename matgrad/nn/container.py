@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import numbers
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Set
 from typing import Any, Iterator, Sequence, overload
 
+from matgrad import backends as _backends
 from matgrad._errors import ArgumentError, at_user_site
 from matgrad.nn.activation import Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
-from matgrad.nn.linear import Identity, Linear
+from matgrad.nn.linear import Identity, Linear, _float_dtype
 from matgrad.nn.module import Module, _positive_int
 
 __all__ = ["MLP", "Sequential"]
@@ -76,8 +78,9 @@ class Sequential(Module):
         return self
 
     def forward(self, input: Any) -> Any:
-        for module in self:
-            input = module(input)
+        for module in self._modules.values():
+            if module is not None:
+                input = module(input)
         return input
 
 
@@ -109,7 +112,15 @@ class MLP(Sequential):
         dtype: Any = None,
         backend: Any = None,
     ) -> None:
-        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
+        if isinstance(sizes, (str, bytes, Mapping, Set)) or not isinstance(sizes, Iterable):
+            raise TypeError(
+                at_user_site(
+                    f"MLP: sizes must be a list of layer sizes, e.g. [784, 128, 10]; got {type(sizes).__name__} "
+                    f"{sizes!r:.60}"
+                )
+            )
+        sizes = list(sizes)
+        if len(sizes) < 2:
             raise ArgumentError(
                 at_user_site(
                     f"MLP: sizes must list at least an input and an output size, e.g. [784, 128, 10]; got {sizes!r}"
@@ -117,8 +128,16 @@ class MLP(Sequential):
             )
         dims = [_positive_int("MLP", f"sizes[{i}]", s) for i, s in enumerate(sizes)]
         act = _activation(activation)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
+            raise TypeError(
+                at_user_site(
+                    f"MLP: dropout must be a probability in [0, 1), got {type(dropout).__name__} {dropout!r:.60}"
+                )
+            )
+        if not 0.0 <= dropout < 1.0:
             raise ArgumentError(at_user_site(f"MLP: dropout must be a probability in [0, 1), got {dropout!r}"))
+        dtype = _float_dtype("MLP", dtype)
+        backend = _backends.get(backend)
         layers: list[Module] = []
         for i, (n_in, n_out) in enumerate(itertools.pairwise(dims)):
             layers.append(Linear(n_in, n_out, bias, dtype=dtype, backend=backend))

@@ -38,6 +38,15 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     linear/identity/sigmoid: 1;  tanh: 5/3;  relu: sqrt(2);  leaky_relu(slope): sqrt(2 / (1 + slope^2));
     selu: 3/4.
     """
+    return _gain("calculate_gain", nonlinearity, param)
+
+
+def _gain(name: str, nonlinearity: Any, param: Any) -> float:
+    """``calculate_gain``, with errors naming ``name`` (the init function the user called)."""
+    if not isinstance(nonlinearity, str):
+        raise TypeError(
+            at_user_site(f"{name}: nonlinearity must be a name such as 'relu', got {type(nonlinearity).__name__}")
+        )
     if nonlinearity in _LINEAR:
         return 1.0
     if nonlinearity == "tanh":
@@ -45,21 +54,31 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     if nonlinearity == "relu":
         return math.sqrt(2.0)
     if nonlinearity == "leaky_relu":
-        if param is None:
-            slope = 0.01
-        elif isinstance(param, bool) or not isinstance(param, numbers.Real):
-            raise ArgumentError(at_user_site(f"calculate_gain: negative_slope {param!r} is not a number"))
-        else:
-            slope = float(param)
+        slope = 0.01 if param is None else _finite(name, "negative_slope", param)
         return math.sqrt(2.0 / (1 + slope**2))
     if nonlinearity == "selu":
         return 3.0 / 4
     raise ArgumentError(
         at_user_site(
-            f"calculate_gain: unsupported nonlinearity {nonlinearity!r}; use one of "
+            f"{name}: unsupported nonlinearity {nonlinearity!r}; use one of "
             "'linear', 'identity', 'sigmoid', 'tanh', 'relu', 'leaky_relu', 'selu'"
         )
     )
+
+
+def _number(name: str, arg: str, value: Any) -> float:
+    """``value`` as a float, or a TypeError naming the init function and the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(at_user_site(f"{name}: {arg} must be a number, got {type(value).__name__} {value!r:.40}"))
+    return float(value)
+
+
+def _finite(name: str, arg: str, value: Any) -> float:
+    """``value`` as a finite float (NaN and Inf refused with an ArgumentError)."""
+    v = _number(name, arg, value)
+    if not math.isfinite(v):
+        raise ArgumentError(at_user_site(f"{name}: {arg} must be finite, got {v}"))
+    return v
 
 
 def _target(name: str, tensor: Any) -> Tensor2D:
@@ -83,21 +102,24 @@ def _fill_random(name: str, tensor: Any, kind: str, a: float, b: float) -> Tenso
 
 def uniform_(tensor: Tensor2D, a: float = 0.0, b: float = 1.0) -> Tensor2D:
     """Fill with samples of U(a, b)."""
-    if not a <= b:
+    lo, hi = _finite("uniform_", "a", a), _finite("uniform_", "b", b)
+    if not lo <= hi:
         raise ArgumentError(at_user_site(f"uniform_: needs a <= b, got a={a}, b={b}"))
-    return _fill_random("uniform_", tensor, "uniform", float(a), float(b))
+    return _fill_random("uniform_", tensor, "uniform", lo, hi)
 
 
 def normal_(tensor: Tensor2D, mean: float = 0.0, std: float = 1.0) -> Tensor2D:
     """Fill with samples of N(mean, std^2)."""
-    if not std >= 0:
+    mu, sigma = _finite("normal_", "mean", mean), _finite("normal_", "std", std)
+    if not sigma >= 0:
         raise ArgumentError(at_user_site(f"normal_: std must be >= 0, got {std}"))
-    return _fill_random("normal_", tensor, "normal", float(mean), float(std))
+    return _fill_random("normal_", tensor, "normal", mu, sigma)
 
 
 def constant_(tensor: Tensor2D, val: float) -> Tensor2D:
     """Fill with ``val``."""
     t = _target("constant_", tensor)
+    _number("constant_", "val", val)
     with _autograd.no_grad():
         t.copy_(val)
     return t
@@ -118,13 +140,30 @@ def _fans(tensor: Tensor2D) -> tuple[int, int]:
     return tensor.ncols, tensor.nrows
 
 
-def _fan(name: str, tensor: Tensor2D, mode: str) -> int:
+def _fan(name: str, tensor: Tensor2D, mode: Any) -> int:
     fan_in, fan_out = _fans(tensor)
+    if not isinstance(mode, str):
+        raise TypeError(at_user_site(f"{name}: mode must be 'fan_in' or 'fan_out', got {type(mode).__name__}"))
     if mode == "fan_in":
         return fan_in
     if mode == "fan_out":
         return fan_out
     raise ArgumentError(at_user_site(f"{name}: mode {mode!r} not supported; use 'fan_in' or 'fan_out'"))
+
+
+def _kaiming_std(name: str, tensor: Tensor2D, a: Any, mode: Any, nonlinearity: Any) -> float:
+    """``gain / sqrt(fan)``, every argument checked before anything is drawn."""
+    gain = _gain(name, nonlinearity, _finite(name, "a", a))
+    return gain / math.sqrt(_fan(name, tensor, mode))
+
+
+def _xavier_std(name: str, tensor: Tensor2D, gain: Any) -> float:
+    """``gain * sqrt(2 / (fan_in + fan_out))``, with ``gain`` a finite number >= 0."""
+    g = _finite(name, "gain", gain)
+    if g < 0:
+        raise ArgumentError(at_user_site(f"{name}: gain must be >= 0, got {gain}"))
+    fan_in, fan_out = _fans(tensor)
+    return g * math.sqrt(2.0 / (fan_in + fan_out))
 
 
 def kaiming_uniform_(
@@ -135,7 +174,7 @@ def kaiming_uniform_(
     With ``a = sqrt(5)`` (what ``Linear`` uses) the bound is ``1 / sqrt(fan_in)``.
     """
     t = _target("kaiming_uniform_", tensor)
-    std = calculate_gain(nonlinearity, a) / math.sqrt(_fan("kaiming_uniform_", t, mode))
+    std = _kaiming_std("kaiming_uniform_", t, a, mode, nonlinearity)
     bound = math.sqrt(3.0) * std
     return _fill_random("kaiming_uniform_", t, "uniform", -bound, bound)
 
@@ -145,20 +184,18 @@ def kaiming_normal_(
 ) -> Tensor2D:
     """He normal: N(0, std^2) with ``std = gain / sqrt(fan)``."""
     t = _target("kaiming_normal_", tensor)
-    std = calculate_gain(nonlinearity, a) / math.sqrt(_fan("kaiming_normal_", t, mode))
+    std = _kaiming_std("kaiming_normal_", t, a, mode, nonlinearity)
     return _fill_random("kaiming_normal_", t, "normal", 0.0, std)
 
 
 def xavier_uniform_(tensor: Tensor2D, gain: float = 1.0) -> Tensor2D:
     """Glorot uniform: U(-a, a) with ``a = gain * sqrt(6 / (fan_in + fan_out))``."""
     t = _target("xavier_uniform_", tensor)
-    fan_in, fan_out = _fans(t)
-    bound = math.sqrt(3.0) * gain * math.sqrt(2.0 / (fan_in + fan_out))
+    bound = math.sqrt(3.0) * _xavier_std("xavier_uniform_", t, gain)
     return _fill_random("xavier_uniform_", t, "uniform", -bound, bound)
 
 
 def xavier_normal_(tensor: Tensor2D, gain: float = 1.0) -> Tensor2D:
     """Glorot normal: N(0, std^2) with ``std = gain * sqrt(2 / (fan_in + fan_out))``."""
     t = _target("xavier_normal_", tensor)
-    fan_in, fan_out = _fans(t)
-    return _fill_random("xavier_normal_", t, "normal", 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)))
+    return _fill_random("xavier_normal_", t, "normal", 0.0, _xavier_std("xavier_normal_", t, gain))

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, TypeVar
 
 from matgrad import autograd as _autograd
 from matgrad import backends as _backends
-from matgrad._errors import ArgumentError, CheckpointError, DTypeError, at_user_site
+from matgrad._errors import ArgumentError, CheckpointError, DTypeError, MatgradError, at_user_site
 from matgrad.backends.base import FLOAT_DTYPES
 from matgrad.tensor import Tensor2D, _wrap, dtype_name
 
@@ -84,21 +84,7 @@ def _addindent(text: str, spaces: int) -> str:
 
 
 def _fmt(shape: tuple[int, ...]) -> str:
-    return "x".join(map(str, shape))
-
-
-def _value_shape(key: str, value: Any) -> tuple[int, ...]:
-    """The shape of a state-dict entry: a Tensor2D, or an array (NumPy, PyTorch) with ``shape``."""
-    if isinstance(value, Tensor2D):
-        return value.shape
-    shape = getattr(value, "shape", None)
-    if shape is None or not hasattr(value, "tolist"):
-        raise TypeError(
-            at_user_site(
-                f"load_state_dict: entry {key!r} is a {type(value).__name__}; expected a Tensor2D or a 2-D array"
-            )
-        )
-    return tuple(int(s) for s in shape)
+    return "x".join(map(str, shape)) if shape else "a 0-D scalar"
 
 
 def _as_numpy(value: Any) -> Any:
@@ -111,11 +97,41 @@ def _as_numpy(value: Any) -> Any:
     return numpy.asarray(detach() if callable(detach) else value)
 
 
-def _check_name(kind: str, owner: Module, name: Any) -> None:
+def _entry(key: str, value: Any) -> tuple[Any, str | None]:
+    """A state-dict entry as a Tensor2D or an array (NumPy when it came from PyTorch), or why it cannot be one."""
+    if isinstance(value, Tensor2D):
+        return value, None
+    if getattr(value, "shape", None) is None or not hasattr(value, "tolist"):
+        return value, f"entry {key!r} is a {type(value).__name__}; expected a Tensor2D or a 2-D array of numbers"
+    try:
+        array = _as_numpy(value)
+        shape = tuple(int(s) for s in array.shape)
+    except Exception as exc:  # any failure of a foreign library's conversion: report it, load nothing
+        return value, f"entry {key!r} ({type(value).__name__}) cannot be read as an array: {exc}"
+    kind = getattr(getattr(array, "dtype", None), "kind", None)
+    if kind is not None and kind not in "iuf":
+        what = {"b": "bool", "c": "complex", "U": "string", "S": "bytes", "O": "object"}.get(kind, str(array.dtype))
+        size = _fmt(shape) if len(shape) != 1 else f"length-{shape[0]}"
+        return value, f"entry {key!r} is a {size} array of {what} values; parameters hold real numbers"
+    return array, None
+
+
+def _shape_of(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    return _fmt(tuple(shape)) if isinstance(shape, tuple) else type(value).__name__
+
+
+def _check_name(method: str, kind: str, owner: Module, name: Any) -> None:
     if not isinstance(name, str):
-        raise TypeError(f"{kind} name should be a string, got {type(name).__name__}")
-    if name == "" or "." in name:
-        raise KeyError(f'{kind} name can\'t be empty or contain ".", got {name!r}')
+        raise TypeError(f"{method}: the {kind} name must be a string, got {type(name).__name__} {name!r:.40}")
+    # KeyError, as PyTorch's register_parameter / add_module raise for these names
+    if name == "":
+        raise KeyError(f'{method}: the {kind} name is empty; give a name such as "weight" or "fc1"')
+    if "." in name:
+        raise KeyError(
+            f'{method}: the {kind} name "{name}" contains ".", which separates names in state_dict keys; '
+            'use "_" instead'
+        )
     if "_parameters" not in owner.__dict__:
         raise AttributeError(f"cannot register a {kind} before Module.__init__() is called")
 
@@ -141,6 +157,7 @@ class Module:
         raise NotImplementedError(f'Module [{self._get_name()}] is missing the required "forward" function')
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Ops recorded inside carry the stack of modules being called, for diagrams.
         prev = _autograd._scope
         _autograd._scope = (*prev, self)
         try:
@@ -202,7 +219,7 @@ class Module:
 
     def register_parameter(self, name: str, param: Parameter | None) -> None:
         """Add ``param`` under ``name`` (``None`` records an absent parameter, such as no bias)."""
-        _check_name("parameter", self, name)
+        _check_name("register_parameter", "parameter", self, name)
         taken = name in self.__dict__ or name in self._modules
         if taken or (hasattr(type(self), name) and name not in self._parameters):
             raise KeyError(f"attribute {name!r} already exists on {self._get_name()}")
@@ -214,7 +231,7 @@ class Module:
 
     def add_module(self, name: str, module: Module | None) -> None:
         """Add the child ``module`` under ``name``; it is called and saved as ``name.*``."""
-        _check_name("module", self, name)
+        _check_name("add_module", "module", self, name)
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{type(module).__name__} is not a Module subclass")
         taken = name in self.__dict__ or name in self._parameters
@@ -339,35 +356,63 @@ class Module:
         missing, unexpected (when ``strict``) and mis-shaped key. Returns
         ``(missing_keys, unexpected_keys)``.
         """
+        name = self._get_name()
         if not isinstance(state_dict, Mapping):
-            raise TypeError(f"load_state_dict: expected a dict-like state_dict, got {type(state_dict).__name__}")
+            raise TypeError(
+                at_user_site(
+                    f"load_state_dict for {name}: expected a dict-like state_dict (name -> tensor), "
+                    f"got {type(state_dict).__name__}"
+                )
+            )
         own = self.state_dict(keep_vars=True)
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
+        entries: dict[str, Any] = {}
+        wrong_type: list[str] = []
+        for key in own:
+            if key in state_dict:
+                entries[key], why = _entry(key, state_dict[key])
+                if why is not None:
+                    wrong_type.append(why)
+        if wrong_type:
+            raise DTypeError(
+                at_user_site(
+                    f"load_state_dict for {name}: "
+                    + "\n  ".join(["entries of the wrong type (nothing was loaded):", *wrong_type])
+                )
+            )
         mismatched: list[str] = []
-        for key, param in own.items():
-            if key not in state_dict:
-                continue
-            shape = _value_shape(key, state_dict[key])
+        for key, value in entries.items():
+            param = own[key]
+            shape = tuple(int(s) for s in value.shape)
             if shape != param.shape and not (len(shape) == 1 and param.nrows == 1 and shape[0] == param.ncols):
                 mismatched.append(f"{key}: the checkpoint has {_fmt(shape)}, the model has {_fmt(param.shape)}")
         problems: list[str] = []
         if strict and missing:
             problems.append("missing keys: " + ", ".join(f"{k} ({_fmt(own[k].shape)})" for k in missing))
         if strict and unexpected:
-            problems.append(
-                "unexpected keys: " + ", ".join(f"{k} ({_fmt(_value_shape(k, state_dict[k]))})" for k in unexpected)
-            )
+            problems.append("unexpected keys: " + ", ".join(f"{k} ({_shape_of(state_dict[k])})" for k in unexpected))
         if mismatched:
             problems.append("size mismatch for " + "; ".join(mismatched))
         if strict and (missing or unexpected):
             problems.append("(load_state_dict(..., strict=False) skips missing and unexpected keys)")
         if problems:
             raise CheckpointError(
-                f"load_state_dict for {self._get_name()}: "
+                f"load_state_dict for {name}: "
                 + "\n  ".join(["the checkpoint does not fit the model (nothing was loaded):", *problems])
             )
-        values = {key: self._converted(state_dict[key], param) for key, param in own.items() if key in state_dict}
+        values: dict[str, Tensor2D] = {}
+        failed: list[str] = []
+        for key, value in entries.items():
+            try:
+                values[key] = self._converted(value, own[key])
+            except (MatgradError, TypeError, ValueError) as exc:
+                failed.append(f"{key}: {exc}")
+        if failed:
+            raise CheckpointError(
+                f"load_state_dict for {name}: "
+                + "\n  ".join(["entries that cannot be converted (nothing was loaded):", *failed])
+            )
         with _autograd.no_grad():
             for key, value in values.items():
                 own[key].copy_(value)
@@ -375,12 +420,11 @@ class Module:
 
     @staticmethod
     def _converted(value: Any, param: Tensor2D) -> Tensor2D:
-        """``value`` as a Tensor2D of the parameter's shape, dtype and backend."""
+        """``value`` (a Tensor2D or an array from ``_entry``) with the parameter's shape, dtype and backend."""
         if isinstance(value, Tensor2D):
             if value._backend is param._backend and value.dtype == param.dtype:
                 return value
             return Tensor2D(value, dtype=param.dtype, backend=param._backend)
-        value = _as_numpy(value)
         if len(value.shape) == 1:
             value = value.reshape(1, param.ncols)
         return Tensor2D(value, dtype=param.dtype, backend=param._backend)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from collections.abc import Mapping, Set
+from typing import Any, ClassVar
 
 from matgrad._errors import ArgumentError, at_user_site
-from matgrad.optim.optimizer import Optimizer, ParamsT, check_nonnegative
+from matgrad.optim.optimizer import Grads, Optimizer, ParamsT, check_nonnegative
 from matgrad.tensor import _wrap
 
 __all__ = ["Adam", "AdamW"]
@@ -45,11 +46,28 @@ class Adam(Optimizer):
         }
         super().__init__(params, defaults)
 
+    _state_kinds: ClassVar[dict[str, str]] = {
+        "step": "count",
+        "exp_avg": "tensor",
+        "exp_avg_sq": "tensor",
+        "max_exp_avg_sq": "tensor",
+    }
+    _state_required: ClassVar[tuple[str, ...]] = ("step", "exp_avg", "exp_avg_sq")
+
     def _check_group(self, group: dict[str, Any]) -> None:
         name = type(self).__name__
         check_nonnegative(name, group, "lr", "eps", "weight_decay")
         betas = group["betas"]
-        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+        if not isinstance(betas, (tuple, list)) and hasattr(betas, "tolist") and getattr(betas, "ndim", None) == 1:
+            betas = betas.tolist()  # a NumPy array of two numbers
+        if isinstance(betas, (str, bytes, Set, Mapping)) or not isinstance(betas, (tuple, list)):
+            raise TypeError(
+                at_user_site(
+                    f"{name}: betas must be a pair (beta1, beta2) such as (0.9, 0.999), got "
+                    f"{type(betas).__name__} {betas!r:.40}"
+                )
+            )
+        if len(betas) != 2:
             raise ArgumentError(at_user_site(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}"))
         for i, beta in enumerate(betas):
             if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
@@ -58,7 +76,7 @@ class Adam(Optimizer):
                 raise ArgumentError(at_user_site(f"{name}: betas[{i}] must be in [0, 1), got {beta}"))
         group["betas"] = tuple(betas)
 
-    def _step_group(self, group: dict[str, Any]) -> None:
+    def _step_group(self, group: dict[str, Any], grads: Grads) -> None:
         lr = group["lr"]
         beta1, beta2 = group["betas"]
         eps = group["eps"]
@@ -66,10 +84,7 @@ class Adam(Optimizer):
         amsgrad = group["amsgrad"]
         maximize = group["maximize"]
         decoupled = group["decoupled_weight_decay"]
-        for p in group["params"]:
-            g = self._grad(p)
-            if g is None:
-                continue
+        for p, g in grads:
             be, data = p._backend, p._data
             state = self._state(p)
             if not state:

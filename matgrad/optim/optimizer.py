@@ -8,11 +8,21 @@ parameters stay leaves. Updates call the backend kernels on the raw matrices dir
 from __future__ import annotations
 
 import copy
+import math
 import numbers
-from typing import Any, Callable, Iterable, Mapping, Union
+from collections.abc import Set
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Union
 
 from matgrad import autograd as _autograd
-from matgrad._errors import ArgumentError, BackendError, CheckpointError, DTypeError, ShapeError, at_user_site
+from matgrad._errors import (
+    ArgumentError,
+    BackendError,
+    CheckpointError,
+    DTypeError,
+    MatgradError,
+    ShapeError,
+    at_user_site,
+)
 from matgrad.backends.base import FLOAT_DTYPES, Data
 from matgrad.tensor import Tensor2D, _wrap
 
@@ -20,6 +30,9 @@ __all__ = ["Optimizer", "ParamsT"]
 
 ParamsT = Union[Iterable[Tensor2D], Iterable[dict[str, Any]]]
 """What an optimiser takes: tensors (``model.parameters()``) or dicts with per-group options."""
+
+Grads = list[tuple[Tensor2D, Data]]
+"""One group's parameters that have a gradient, each with its checked raw gradient."""
 
 
 def _fmt(shape: tuple[int, ...]) -> str:
@@ -32,6 +45,12 @@ class Optimizer:
     defaults: dict[str, Any]
     param_groups: list[dict[str, Any]]
     state: dict[Tensor2D, dict[str, Any]]
+
+    _state_kinds: ClassVar[dict[str, str]] = {}
+    """Per-parameter state entries and what ``load_state_dict`` accepts for each: ``"tensor"``
+    (the parameter's shape), ``"tensor or None"``, ``"count"`` (an int >= 0); others are copied."""
+    _state_required: ClassVar[tuple[str, ...]] = ()
+    """Entries a non-empty per-parameter state must hold."""
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         name = type(self).__name__
@@ -47,6 +66,14 @@ class Optimizer:
 
         if isinstance(params, Module):
             raise TypeError(at_user_site(f"{name}: pass model.parameters(), not the model itself"))
+        if isinstance(params, (Set, Mapping)):
+            raise TypeError(
+                at_user_site(
+                    f"{name}: params must be an ordered iterable (a list) of tensors or dicts, not a "
+                    f"{type(params).__name__}: a set's order is arbitrary, and the order numbers the parameters "
+                    "in state_dict()"
+                )
+            )
         try:
             groups: list[Any] = list(params)
         except TypeError:
@@ -69,7 +96,8 @@ class Optimizer:
     def _check_group(self, group: dict[str, Any]) -> None:
         """Raise ArgumentError (a ValueError) for an option outside its valid range."""
 
-    def _step_group(self, group: dict[str, Any]) -> None:
+    def _step_group(self, group: dict[str, Any], grads: Grads) -> None:
+        """Update ``grads``' parameters (those of ``group`` with a gradient, already checked), in place."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _step_group")
 
     # -- groups -----------------------------------------------------------------------------------
@@ -82,7 +110,7 @@ class Optimizer:
             raise ArgumentError(at_user_site(f"{name}: a parameter group needs a 'params' entry"))
         group = dict(param_group)
         raw = group["params"]
-        if isinstance(raw, (set, frozenset)):
+        if isinstance(raw, (Set, Mapping)):
             raise TypeError(at_user_site(f"{name}: parameters must come in an ordered collection (a list), not a set"))
         params: list[Tensor2D] = [raw] if isinstance(raw, Tensor2D) else list(raw)
         if not params:
@@ -132,9 +160,21 @@ class Optimizer:
         if closure is not None:
             with _autograd.enable_grad():
                 loss = closure()
+        # Check every group and every gradient before updating anything: a failed step leaves
+        # every parameter and every state buffer as it was.
+        checked: list[Grads] = []
+        for group in self.param_groups:
+            self._check_group(group)
+            grads = []
+            for p in group["params"]:
+                g = self._grad(p)
+                if g is not None:
+                    grads.append((p, g))
+            checked.append(grads)
         with _autograd.no_grad():
-            for group in self.param_groups:
-                self._step_group(group)
+            for group, grads in zip(self.param_groups, checked):
+                if grads:
+                    self._step_group(group, grads)
         return loss
 
     def _grad(self, p: Tensor2D) -> Data | None:
@@ -147,7 +187,7 @@ class Optimizer:
             what = f"{_fmt(g.shape)} {g.dtype} on {g.backend}"
             message = (
                 f"{type(self).__name__}.step: a {_fmt(p.shape)} {p.dtype} parameter on {p.backend} has a .grad "
-                f"of {what}; gradients must match their parameter"
+                f"of {what}; gradients must match their parameter (nothing was updated)"
             )
             if gd.shape != p._data.shape:
                 raise ShapeError(at_user_site(message))
@@ -182,31 +222,60 @@ class Optimizer:
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore options and state saved by ``state_dict`` (values converted to each parameter's
         dtype and backend). Nothing changes unless the whole state dict fits."""
-        name = type(self).__name__
+        owner = f"{type(self).__name__}.load_state_dict"
+
+        def bad(message: str) -> CheckpointError:
+            return CheckpointError(at_user_site(f"{owner}: {message}"))
+
         if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
-            raise CheckpointError(
-                f"{name}.load_state_dict: expected a dict with 'state' and 'param_groups' (from state_dict())"
-            )
-        saved_groups = list(state_dict["param_groups"])
+            raise bad("expected a dict with 'state' and 'param_groups' (from state_dict())")
+        saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)):
+            raise bad(f"'param_groups' must be a list of dicts (from state_dict()), got {type(saved_groups).__name__}")
         if len(saved_groups) != len(self.param_groups):
-            raise CheckpointError(
-                f"{name}.load_state_dict: the state dict has {len(saved_groups)} parameter groups, "
-                f"this optimiser has {len(self.param_groups)}"
+            raise bad(
+                f"the state dict has {len(saved_groups)} parameter groups, this optimiser has {len(self.param_groups)}"
             )
         by_index: dict[int, Tensor2D] = {}
         for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            if len(saved["params"]) != len(group["params"]):
-                raise CheckpointError(
-                    f"{name}.load_state_dict: parameter group {i} has {len(saved['params'])} parameters in "
-                    f"the state dict but {len(group['params'])} here"
+            where = f"param_groups[{i}]"
+            if not isinstance(saved, Mapping):
+                raise bad(f"{where} must be a dict of options and 'params', got {type(saved).__name__}")
+            indices = saved.get("params")
+            if not isinstance(indices, (list, tuple)):
+                what = "has no 'params'" if "params" not in saved else f"'params' is a {type(indices).__name__}"
+                raise bad(f"{where} {what}; expected the list of parameter indices that state_dict() writes")
+            for index in indices:
+                if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+                    raise bad(f"{where}['params'] holds {index!r:.40}; parameter indices must be ints")
+            if len(indices) != len(group["params"]):
+                raise bad(
+                    f"parameter group {i} has {len(indices)} parameters in the state dict but "
+                    f"{len(group['params'])} here"
                 )
-            by_index.update(zip((int(k) for k in saved["params"]), group["params"]))
+            for index, p in zip(indices, group["params"]):
+                if int(index) in by_index:
+                    raise bad(f"parameter index {index} is listed twice in 'params'")
+                by_index[int(index)] = p
+            absent = [k for k in self.defaults if k not in saved]
+            if absent:
+                raise bad(f"{where} lacks the option{'s' if len(absent) > 1 else ''} {', '.join(map(repr, absent))}")
+        saved_state = state_dict["state"]
+        if not isinstance(saved_state, Mapping):
+            raise bad(f"'state' must be a dict of parameter index -> dict, got {type(saved_state).__name__}")
         new_state: dict[Tensor2D, dict[str, Any]] = {}
-        for key, saved_state in state_dict["state"].items():
+        for key, entry in saved_state.items():
+            if isinstance(key, bool) or not isinstance(key, numbers.Integral):
+                raise bad(f"'state' keys must be parameter indices (ints), got {key!r:.40}")
             p = by_index.get(int(key))
             if p is None:
-                raise CheckpointError(f"{name}.load_state_dict: state for parameter {key}, which no group lists")
-            new_state[p] = {k: _load_value(name, f"{key}.{k}", v, p) for k, v in saved_state.items()}
+                raise bad(f"state for parameter {key}, which no group lists")
+            if not isinstance(entry, Mapping):
+                raise bad(f"state[{key}] must be a dict of buffers, got {type(entry).__name__}")
+            absent = [k for k in self._state_required if k not in entry] if entry else []
+            if absent:
+                raise bad(f"state[{key}] lacks {', '.join(map(repr, absent))}")
+            new_state[p] = {k: self._load_value(owner, f"{key}.{k}", k, v, p) for k, v in entry.items()}
         new_groups = []
         for group, saved in zip(self.param_groups, saved_groups):
             new_group = {k: copy.deepcopy(v) for k, v in saved.items() if k != "params"}
@@ -215,6 +284,39 @@ class Optimizer:
             new_groups.append(new_group)
         self.param_groups = new_groups
         self.state = new_state
+
+    def _load_value(self, owner: str, where: str, name: Any, value: Any, param: Tensor2D) -> Any:
+        """A state entry for ``param``: tensors (or arrays) copied to its dtype and backend, counts as ints."""
+        kind = self._state_kinds.get(name) if isinstance(name, str) else None
+        if kind == "count":
+            return _load_count(owner, where, value)
+        is_array = isinstance(value, Tensor2D) or (hasattr(value, "shape") and hasattr(value, "tolist"))
+        if kind is None and not is_array:
+            return copy.deepcopy(value)
+        if value is None and kind == "tensor or None":
+            return None
+        if not is_array:
+            raise CheckpointError(
+                at_user_site(f"{owner}: state {where} is a {type(value).__name__}; expected a tensor or an array")
+            )
+        shape = tuple(value.shape)
+        if shape != param.shape:
+            raise CheckpointError(
+                at_user_site(
+                    f"{owner}: state {where} is {_fmt(shape)} but its parameter is {_fmt(param.shape)}"
+                    if shape
+                    else f"{owner}: state {where} is a 0-D scalar but its parameter is {_fmt(param.shape)}"
+                )
+            )
+        kind_code = getattr(getattr(value, "dtype", None), "kind", None)
+        if kind_code is not None and kind_code not in "iuf":
+            raise CheckpointError(
+                at_user_site(f"{owner}: state {where} is an array of {value.dtype} values; expected numbers")
+            )
+        try:
+            return Tensor2D(value, dtype=param.dtype, backend=param._backend)
+        except (MatgradError, TypeError, ValueError) as exc:
+            raise CheckpointError(at_user_site(f"{owner}: state {where} cannot be converted: {exc}")) from None
 
     def __repr__(self) -> str:
         lines = [type(self).__name__ + " ("]
@@ -230,16 +332,20 @@ def _copy_value(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-def _load_value(owner: str, where: str, value: Any, param: Tensor2D) -> Any:
-    """A state entry for ``param``: tensors (or arrays) copied to its dtype and backend."""
-    if isinstance(value, Tensor2D) or (hasattr(value, "shape") and hasattr(value, "tolist")):
-        shape = tuple(value.shape)
-        if shape != param.shape:
-            raise CheckpointError(
-                f"{owner}.load_state_dict: state {where} is {_fmt(shape)} but its parameter is {_fmt(param.shape)}"
-            )
-        return Tensor2D(value, dtype=param.dtype, backend=param._backend)
-    return copy.deepcopy(value)
+def _load_count(owner: str, where: str, value: Any) -> int:
+    """A step count from a state dict: an int >= 0 (a whole float, or a one-element array as PyTorch saves)."""
+    v = value
+    if not isinstance(v, numbers.Real) and hasattr(v, "shape") and hasattr(v, "item"):
+        size = 1
+        for n in v.shape:
+            size *= int(n)
+        v = v.item() if size == 1 else None
+    count = float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else math.nan
+    if not (math.isfinite(count) and count >= 0 and count.is_integer()):
+        raise CheckpointError(
+            at_user_site(f"{owner}: state {where} must be a step count (an int >= 0), got {value!r:.40}")
+        )
+    return int(count)
 
 
 def check_number(owner: str, name: str, value: Any) -> float:
@@ -250,7 +356,18 @@ def check_number(owner: str, name: str, value: Any) -> float:
 
 
 def check_nonnegative(owner: str, group: Mapping[str, Any], *names: str) -> None:
-    """Each option in ``names`` must be a number >= 0 (NaN is refused)."""
+    """Each option in ``names`` must be a finite number >= 0 (NaN and Inf are refused)."""
     for name in names:
-        if not check_number(owner, name, group[name]) >= 0.0:
+        value = check_number(owner, name, group[name])
+        if not value >= 0.0:
             raise ArgumentError(at_user_site(f"{owner}: {name} must be >= 0, got {group[name]}"))
+        if not math.isfinite(value):
+            raise ArgumentError(at_user_site(f"{owner}: {name} must be finite, got {group[name]}"))
+
+
+def check_finite(owner: str, name: str, value: Any) -> float:
+    """``value`` as a finite float: a TypeError for a non-number, an ArgumentError for NaN or Inf."""
+    v = check_number(owner, name, value)
+    if not math.isfinite(v):
+        raise ArgumentError(at_user_site(f"{owner}: {name} must be finite, got {value}"))
+    return v

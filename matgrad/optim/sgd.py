@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from matgrad._errors import ArgumentError, at_user_site
-from matgrad.optim.optimizer import Optimizer, ParamsT, check_nonnegative, check_number
+from matgrad.optim.optimizer import Grads, Optimizer, ParamsT, check_finite, check_nonnegative
 from matgrad.tensor import _wrap
 
 __all__ = ["SGD"]
@@ -39,9 +39,11 @@ class SGD(Optimizer):
         }
         super().__init__(params, defaults)
 
+    _state_kinds: ClassVar[dict[str, str]] = {"momentum_buffer": "tensor or None"}
+
     def _check_group(self, group: dict[str, Any]) -> None:
         check_nonnegative("SGD", group, "lr", "momentum", "weight_decay")
-        check_number("SGD", "dampening", group["dampening"])
+        check_finite("SGD", "dampening", group["dampening"])
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ArgumentError(
                 at_user_site(
@@ -50,17 +52,14 @@ class SGD(Optimizer):
                 )
             )
 
-    def _step_group(self, group: dict[str, Any]) -> None:
+    def _step_group(self, group: dict[str, Any], grads: Grads) -> None:
         lr = group["lr"]
         momentum = group["momentum"]
         dampening = group["dampening"]
         weight_decay = group["weight_decay"]
         nesterov = group["nesterov"]
         maximize = group["maximize"]
-        for p in group["params"]:
-            g = self._grad(p)
-            if g is None:
-                continue
+        for p, g in grads:
             be, data = p._backend, p._data
             if maximize:
                 g = be.unary("neg", g)
