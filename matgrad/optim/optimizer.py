@@ -58,6 +58,9 @@ class Optimizer:
         self._check_group(self.defaults)
         self.state = {}
         self.param_groups = []
+        # The option values each group last passed _check_group with (its values() as a tuple):
+        # options rarely change between steps, so step() re-checks a group only when they did.
+        self._checked: dict[int, tuple[Any, ...]] = {}
         if isinstance(params, Tensor2D):
             raise TypeError(
                 at_user_site(f"{name}: params must be an iterable of tensors or dicts; wrap the single tensor: [p]")
@@ -164,7 +167,10 @@ class Optimizer:
         # every parameter and every state buffer as it was.
         checked: list[Grads] = []
         for group in self.param_groups:
-            self._check_group(group)
+            options = tuple(group.values())
+            if self._checked.get(id(group)) != options:
+                self._check_group(group)
+                self._checked[id(group)] = options
             grads = []
             for p in group["params"]:
                 g = self._grad(p)
