@@ -99,7 +99,12 @@ def get_backend() -> str:
 
 
 def manual_seed(seed: int) -> None:
-    """Seed every backend's random generator, so draws (init, dropout, shuffling) repeat."""
+    """Seed every backend's random generator, so draws (init, dropout, shuffling) repeat.
+
+    Each backend has its own generator (NumPy's PCG64, Python's Mersenne Twister), so the same
+    seed gives the same sequence run after run on one backend, but not the same numbers on both.
+    ``DataLoader`` shuffles with its own generator, seeded from here, identically on both.
+    """
     global _seed
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"manual_seed: seed must be an int, got {type(seed).__name__}")
