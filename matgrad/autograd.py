@@ -169,7 +169,18 @@ class Op:
     is released.
     """
 
-    __slots__ = ("_out", "inputs", "needs_input_grad", "released", "saved", "scope", "seq", "site")
+    __slots__ = (
+        "_out",
+        "grad_out",
+        "inputs",
+        "mark",
+        "needs_input_grad",
+        "released",
+        "saved",
+        "scope",
+        "seq",
+        "site",
+    )
 
     name: ClassVar[str] = "op"
     needs_output: ClassVar[bool] = False
@@ -182,6 +193,10 @@ class Op:
     scope: tuple[Any, ...]
     seq: int  # creation order: an op's inputs were all made by ops with smaller numbers
     site: str
+    # Engine scratch (no dicts keyed by id() on the hot path): the gradient of this op's output
+    # accumulated so far during a backward pass, and the token of the last walk that visited it.
+    grad_out: Tensor2D | None
+    mark: object
     _out: weakref.ref[Tensor2D]
 
     # Each subclass defines these two with its own arity, e.g.
@@ -225,6 +240,8 @@ def record(op: Op, data: Data, backend: Backend, inputs: tuple[Tensor2D, ...]) -
             op.inputs = inputs
             op.needs_input_grad = needs
             op.released = False
+            op.grad_out = None
+            op.mark = None
             op.seq = next(_sequence)
             op.scope = _scope
             if op.needs_output:
@@ -286,32 +303,47 @@ def _sum_to(g: Tensor2D, shape: tuple[int, int], op: Op) -> Tensor2D:
 
 
 def _topological_order(roots: Sequence[Tensor2D]) -> list[Tensor2D]:
-    """Every tensor that needs a gradient, inputs before outputs.
+    """Every tensor that needs a gradient, inputs before outputs: leaves first, then op outputs.
 
     The tensors reachable from ``roots`` (a loop with an explicit stack, so a chain of any length
     works under the default recursion limit), sorted by the creation number of the op that made
     them: an op's inputs always exist before it, so creation order is a topological order
-    (PyTorch's engine orders by the same kind of sequence number). Leaves come first.
+    (PyTorch's engine orders by the same kind of sequence number). Visited ops are marked with a
+    token for this walk; only leaves need a set.
     """
-    seen = {id(r) for r in roots}
-    stack = list(roots)
-    nodes: list[Tensor2D] = []
+    token = object()
+    leaves: list[Tensor2D] = []
+    made: list[Tensor2D] = []
+    seen_leaves: set[int] = set()
+    stack: list[Tensor2D] = []
+    for root in roots:
+        op = root._op
+        if op is None:
+            if id(root) not in seen_leaves:
+                seen_leaves.add(id(root))
+                leaves.append(root)
+        elif op.mark is not token:
+            op.mark = token
+            stack.append(root)
     while stack:
         node = stack.pop()
-        nodes.append(node)
-        op = node._op
-        if op is not None:
-            for inp in op.inputs:
-                if inp.requires_grad and id(inp) not in seen:
-                    seen.add(id(inp))
-                    stack.append(inp)
-    nodes.sort(key=_creation)
-    return nodes
+        made.append(node)
+        for inp in node._op.inputs:  # type: ignore[union-attr]
+            if not inp.requires_grad:
+                continue
+            op = inp._op
+            if op is None:
+                if id(inp) not in seen_leaves:
+                    seen_leaves.add(id(inp))
+                    leaves.append(inp)
+            elif op.mark is not token:
+                op.mark = token
+                stack.append(inp)
+    made.sort(key=_creation)
+    return leaves + made
 
 
-def _creation(t: Tensor2D) -> int:
-    op = t._op
-    return -1 if op is None else op.seq
+_creation = operator.attrgetter("_op.seq")
 
 
 _ONES: dict[tuple[Any, Any], Tensor2D] = {}
@@ -374,20 +406,24 @@ def _run(
                     "first backward; pass retain_graph=True to the first call (or recompute the forward pass)"
                 )
             )
-    pending: dict[int, Tensor2D] = {}
+    # A made tensor's pending gradient waits on its op (op.grad_out); a leaf's waits here.
+    at_leaves: dict[int, Tensor2D] = {}
     for r, s in zip(roots, seeds):
-        prev = pending.get(id(r))
-        pending[id(r)] = s if prev is None else prev + s
+        _accumulate(r, s, at_leaves)
     captured: dict[int, Tensor2D] = {}
     stores: list[tuple[Tensor2D, Tensor2D]] = []  # (tensor, its gradient), written at the end
     saved_mode = _grad_enabled
     _grad_enabled = create_graph
     try:
         for node in reversed(order):
-            g = pending.pop(id(node), None)
+            op = node._op
+            if op is None:
+                g = at_leaves.pop(id(node), None)
+            else:
+                g = op.grad_out
+                op.grad_out = None
             if g is None:
                 continue
-            op = node._op
             if wanted is not None:
                 if id(node) in wanted:
                     captured[id(node)] = g
@@ -395,10 +431,7 @@ def _run(
                 stores.append((node, g))
             if op is None:
                 continue
-            if _anomaly:  # blame the op whose rule failed, not the ops the rule is made of
-                in_grads = _backward_unchecked(op, g)
-            else:
-                in_grads = op.backward(g, *op.inputs)
+            in_grads = _backward_unchecked(op, g) if _anomaly else op.backward(g, *op.inputs)
             for i, (inp, need, ig) in enumerate(zip(op.inputs, op.needs_input_grad, in_grads)):
                 if not need or ig is None:
                     continue
@@ -406,11 +439,21 @@ def _run(
                     ig = _sum_to(ig, inp.shape, op)
                 if _anomaly:
                     _check_backward(op, inp, ig, i)
-                key = id(inp)
-                prev = pending.get(key)
-                pending[key] = ig if prev is None else prev + ig
+                # _accumulate, inlined: this loop runs for every edge of the graph
+                iop = inp._op
+                if iop is None:
+                    prev = at_leaves.get(id(inp))
+                    at_leaves[id(inp)] = ig if prev is None else prev + ig
+                else:
+                    prev = iop.grad_out
+                    iop.grad_out = ig if prev is None else prev + ig
         if stores:
             _store_grads(stores, seeds, create_graph)
+    except BaseException:
+        for node in order:  # a failed pass leaves no gradient waiting on an op
+            if node._op is not None:
+                node._op.grad_out = None
+        raise
     finally:
         _grad_enabled = saved_mode
     if not retain_graph:
@@ -418,6 +461,17 @@ def _run(
             if node._op is not None:
                 node._op.release()
     return captured
+
+
+def _accumulate(t: Tensor2D, g: Tensor2D, at_leaves: dict[int, Tensor2D]) -> None:
+    """Add ``g`` to the gradient waiting for ``t`` (on its op, or in ``at_leaves`` for a leaf)."""
+    op = t._op
+    if op is None:
+        prev = at_leaves.get(id(t))
+        at_leaves[id(t)] = g if prev is None else prev + g
+    else:
+        prev = op.grad_out
+        op.grad_out = g if prev is None else prev + g
 
 
 def _store_grads(stores: list[tuple[Tensor2D, Tensor2D]], seeds: Sequence[Tensor2D], create_graph: bool) -> None:

@@ -435,7 +435,10 @@ class ReLU(Op):
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         be = a._backend
-        return (grad * _wrap(be.compare("gt", a._data, 0.0), be),)
+        mask = be.compare("gt", a._data, 0.0)
+        if not (_autograd._grad_enabled or _autograd._anomaly):  # no graph to record: one kernel
+            return (_wrap(be.mul(grad._data, mask), be),)
+        return (grad * _wrap(mask, be),)
 
 
 class LeakyReLU(Op):
