@@ -63,6 +63,7 @@ class NumpyMLP:
         self.z = [np.empty((batch_size, n), dtype=np.float32) for n in outs]
         self.d = [np.empty((batch_size, w.shape[1]), dtype=np.float32) for w in self.W]
         self.rows = np.arange(batch_size)
+        self._saved: Any = None  # forward's activations, for backward
 
     def load(self, params: Params) -> None:
         """Overwrite the weights in place (e.g. after a warm-up)."""
@@ -75,6 +76,12 @@ class NumpyMLP:
 
     def forward_backward(self, xb: Any, yb: Any) -> Any:
         """Fill ``gW`` and ``gb`` with the mean cross-entropy's gradients; return the loss (a NumPy scalar)."""
+        loss = self.forward(xb, yb)
+        self.backward()
+        return loss
+
+    def forward(self, xb: Any, yb: Any) -> Any:
+        """Forward pass and loss; keeps the activations (and the logits, in place) for ``backward``."""
         np = self.np
         m = xb.shape[0]
         last = len(self.W) - 1
@@ -95,19 +102,26 @@ class NumpyMLP:
         np.exp(a, out=a)
         total = a.sum(axis=1, keepdims=True)
         loss = np.log(total).mean() - picked.mean()
+        self._saved = (acts, a, total, rows, yb)
+        return loss
+
+    def backward(self) -> None:
+        """Gradients of the last ``forward``'s loss into ``gW`` and ``gb``."""
+        np = self.np
+        acts, a, total, rows, yb = self._saved
+        self._saved = None
         a /= total
         a[rows, yb] -= 1.0
-        a *= 1.0 / m
+        a *= 1.0 / a.shape[0]
         g = a
-        for layer in range(last, -1, -1):
+        for layer in range(len(self.W) - 1, -1, -1):
             np.matmul(g.T, acts[layer], out=self.gW[layer])
             np.sum(g, axis=0, out=self.gb[layer])
             if layer > 0:
-                d = self.d[layer][:m]
+                d = self.d[layer][: g.shape[0]]
                 np.matmul(g, self.W[layer], out=d)
                 np.multiply(d, acts[layer] > 0.0, out=d)  # ReLU: acts[layer] is its output
                 g = d
-        return loss
 
     def update(self) -> None:
         """SGD in place: ``W -= lr * gW`` without a temporary."""

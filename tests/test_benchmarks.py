@@ -182,8 +182,23 @@ def test_profile_smoke(backend, limit):
     assert "Top 5 functions by own time" in out and "outside the backend" in out
 
 
+def test_phases_smoke():
+    args = ["--data", str(SAMPLE), "--limit", "256", "--rounds", "1", "--tiny-repeats", "1", "--threads", "1"]
+    out = run("phases.py", *args).stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 784")]
+    phase_rows = [[c.strip() for c in r] for r in rows if len(r) == 7]
+    assert [(r[0], r[1]) for r in phase_rows] == [
+        (m, fw) for m in ("784-128-10", "784-256-128-10") for fw in ("matgrad-numpy", "numpy-reference", "difference")
+    ]
+    for mine, theirs, diff in zip(phase_rows[0::3], phase_rows[1::3], phase_rows[2::3]):
+        for a, b, d in zip(mine[2:], theirs[2:], diff[2:]):  # the difference row is the difference
+            assert abs(float(a) - float(b) - float(d)) < 0.15
+    tiny = [[c.strip() for c in r] for r in rows if len(r) == 5]
+    assert [r[1] for r in tiny] == ["8-8-3", "8-8-8-3"]
+
+
 def test_data_path_is_an_option_not_hard_coded():
-    for script in ("train_compare.py", "profile_train.py", "reference_numpy.py"):
+    for script in ("train_compare.py", "profile_train.py", "reference_numpy.py", "phases.py"):
         text = (BENCH / script).read_text()
         assert "shared/data" not in text.replace("../shared/data/mnist", ""), script
     assert os.path.isdir(SAMPLE)
