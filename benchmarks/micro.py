@@ -6,9 +6,10 @@ Tiny: python benchmarks/micro.py --repeats 3 --min-time 0.002 --chain 2000 --imp
 Four sections, each printed as a Markdown table (and all of it to ``--json FILE``):
 
 1. Per-op overhead, numpy backend, small float32 matrices: a (64,128) add, a (64,784)@(784,128)
-   matmul, relu of (64,128), linear (64,784) x (128,784) + (1,128), cross_entropy of (64,10)
-   logits against int64 (64,1) targets, sum of (64,128); then linear forward + backward and a
-   whole training step of 784-128-10 at batch 64 against ``reference_numpy.NumpyMLP.step``.
+   matmul and an (8,8)@(8,8) one (its overhead is not lost in the big product's jitter), relu of
+   (64,128), linear (64,784) x (128,784) + (1,128), cross_entropy of (64,10) logits against
+   int64 (64,1) targets, sum of (64,128); then linear forward + backward and a whole training step
+   of 784-128-10 at batch 64 against ``reference_numpy.NumpyMLP.step``.
    Each matgrad statement and the NumPy statement that does the same arithmetic run in the same
    process, interleaved (matgrad, numpy, matgrad, numpy, ...) for ``--repeats`` rounds of
    ``timeit`` loops of at least ``--min-time`` seconds. The table gives, for each side, the best
@@ -92,12 +93,15 @@ def op_cases(seed: int = 0) -> list[dict[str, Any]]:
     ce, ce_probs = _ce_numpy(np)
     a, b = arr(64, 128), arr(64, 128)
     x, w = arr(64, 784), arr(784, 128)
+    s8, t8 = arr(8, 8), arr(8, 8)
     wl, bl = arr(128, 784), arr(1, 128)
     z, y = arr(64, 10), rng.integers(0, 10, size=(64, 1)).astype(np.int64)
     g = arr(64, 128)
     cases = [
         ("add", "(64,128) + (64,128)", "a + b", "a + b", {"a": a, "b": b}, ("a", "b")),
         ("matmul", "(64,784) @ (784,128)", "x @ w", "x @ w", {"x": x, "w": w}, ("x", "w")),
+        # the same call where the kernel is tiny: the overhead without the big product's jitter
+        ("matmul", "(8,8) @ (8,8)", "s @ t", "s @ t", {"s": s8, "t": t8}, ("s", "t")),
         ("relu", "(64,128)", "a.relu()", "np.maximum(a, 0.0)", {"a": a}, ("a",)),
         (
             "linear",

@@ -169,6 +169,7 @@ def test_micro_smoke(tmp_path):
     ops = {(r["op"], r["mode"]) for r in report["ops"]}
     for op in ("add", "matmul", "relu", "linear", "cross_entropy", "sum"):
         assert {(op, "no_grad"), (op, "plain"), (op, "grad")} <= ops
+    assert sum(r["op"] == "matmul" for r in report["ops"]) == 6  # (64,784)@(784,128) and (8,8)@(8,8)
     assert [r["backend"] for r in report["chain"]] == ["numpy", "python"]
     assert all("error" not in r for r in report["chain"]), report["chain"]
     assert len(report["import"]["rows"]) == 8
