@@ -217,6 +217,26 @@ def test_release_drops_saved_buffers_but_keeps_structure(backend: str) -> None:
     assert loss.inputs == (logits,)  # the graph can still be drawn after backward
 
 
+def test_a_kept_loss_keeps_its_activations_a_detached_one_does_not(backend: str) -> None:
+    """The graph after backward holds its tensors (so it can be drawn); loss.item()/detach() let go."""
+    import gc
+    import weakref
+
+    model = mg.nn.MLP([4, 3, 2])
+    kept = []
+    refs = []
+    for keep in (lambda t: t, lambda t: t.detach(), lambda t: t.item()):
+        x = mg.Tensor2D([[0.5, -1.0, 2.0, 0.0]])
+        hidden = model[0](x)
+        loss = F.cross_entropy(model[2](model[1](hidden)), [1])
+        loss.backward()
+        kept.append(keep(loss))
+        refs.append(weakref.ref(hidden))
+        del x, hidden, loss
+    gc.collect()
+    assert [r() is not None for r in refs] == [True, False, False]
+
+
 def test_saved_probs_not_kept_under_no_grad(backend: str) -> None:
     logits = leaf([[1.0, 2.0, 3.0]])
     with mg.no_grad():
