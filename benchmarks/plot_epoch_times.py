@@ -155,6 +155,8 @@ def main() -> int:
     p.add_argument("json", help="the file written by train_compare.py --json")
     p.add_argument("--out", default=DEFAULT_OUT, help="SVG to write (default docs/images/epoch_times.svg)")
     args = p.parse_args()
+    if not args.out.lower().endswith(".svg"):
+        p.error(f"--out {args.out!r}: the chart is written as SVG, so the file name must end in .svg")
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -148,6 +148,17 @@ def test_plot_writes_svg(compare_json, tmp_path):
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".part")]
 
 
+def test_plot_refuses_a_non_svg_name(compare_json, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "plot_epoch_times.py"), str(compare_json), "--out", str(tmp_path / "x.png")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and "must end in .svg" in proc.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_plot_without_matplotlib_says_so(compare_json, tmp_path):
     code = (
         "import runpy, sys; sys.modules['matplotlib'] = None; "
