@@ -47,10 +47,13 @@ def init_params(sizes: list[int], seed: int) -> Params:
 class NumpyMLP:
     """Linear-ReLU-...-Linear with cross-entropy and SGD; ``step(xb, yb)`` is one training step."""
 
-    def __init__(self, params: Params, lr: float = 0.1, batch_size: int = 64) -> None:
+    def __init__(self, params: Params, lr: float = 0.1, batch_size: int = 64, fresh: bool = False) -> None:
         import numpy as np
 
         self.np = np
+        # fresh=True: the same maths, but every result a new array and no gradient scaled in place,
+        # as an autograd library must work (phases.py measures what the buffers are worth).
+        self.fresh = fresh
         self.W = [np.ascontiguousarray(w, dtype=np.float32).copy() for w, _ in params]
         self.b = [np.ascontiguousarray(b, dtype=np.float32).reshape(-1).copy() for _, b in params]
         self.gW = [np.empty_like(w) for w in self.W]
@@ -83,21 +86,24 @@ class NumpyMLP:
     def forward(self, xb: Any, yb: Any) -> Any:
         """Forward pass and loss; keeps the activations (and the logits, in place) for ``backward``."""
         np = self.np
+        fresh = self.fresh
         m = xb.shape[0]
         last = len(self.W) - 1
         acts = [xb]
         a = xb
         for layer, (w, b) in enumerate(zip(self.W, self.b)):
-            z = self.z[layer][:m]
-            np.matmul(a, w.T, out=z)
+            z = np.matmul(a, w.T, out=None if fresh else self.z[layer][:m])
             z += b
             if layer < last:
-                np.maximum(z, 0.0, out=z)
+                z = np.maximum(z, 0.0, out=None if fresh else z)
                 acts.append(z)
             a = z
         # fused softmax-cross-entropy: shift by the row max, exp in place, normalise
         rows = self.rows[:m]
-        a -= a.max(axis=1, keepdims=True)
+        if fresh:
+            a = a - a.max(axis=1, keepdims=True)
+        else:
+            a -= a.max(axis=1, keepdims=True)
         picked = a[rows, yb]
         np.exp(a, out=a)
         total = a.sum(axis=1, keepdims=True)
@@ -108,24 +114,33 @@ class NumpyMLP:
     def backward(self) -> None:
         """Gradients of the last ``forward``'s loss into ``gW`` and ``gb``."""
         np = self.np
+        fresh = self.fresh
         acts, a, total, rows, yb = self._saved
         self._saved = None
+        m = a.shape[0]
         a /= total
-        a[rows, yb] -= 1.0
-        a *= 1.0 / a.shape[0]
-        g = a
+        if fresh:
+            g = a * (1.0 / m)
+            g[rows, yb] -= 1.0 / m
+        else:
+            a[rows, yb] -= 1.0
+            a *= 1.0 / m
+            g = a
         for layer in range(len(self.W) - 1, -1, -1):
-            np.matmul(g.T, acts[layer], out=self.gW[layer])
-            np.sum(g, axis=0, out=self.gb[layer])
+            self.gW[layer] = np.matmul(g.T, acts[layer], out=None if fresh else self.gW[layer])
+            self.gb[layer] = np.sum(g, axis=0, out=None if fresh else self.gb[layer])
             if layer > 0:
-                d = self.d[layer][: g.shape[0]]
-                np.matmul(g, self.W[layer], out=d)
-                np.multiply(d, acts[layer] > 0.0, out=d)  # ReLU: acts[layer] is its output
-                g = d
+                d = np.matmul(g, self.W[layer], out=None if fresh else self.d[layer][:m])
+                g = np.multiply(d, acts[layer] > 0.0, out=None if fresh else d)  # ReLU: acts[layer] is its output
 
     def update(self) -> None:
-        """SGD in place: ``W -= lr * gW`` without a temporary."""
+        """SGD in place: ``W -= lr * gW`` without a temporary (with one, and ``gW`` kept, if fresh)."""
         lr = self.lr
+        if self.fresh:
+            for w, b, gw, gb in zip(self.W, self.b, self.gW, self.gb):
+                w -= lr * gw
+                b -= lr * gb
+            return
         for w, b, gw, gb in zip(self.W, self.b, self.gW, self.gb):
             gw *= lr
             w -= gw
