@@ -13,14 +13,13 @@ A ``Tensor2D`` wraps a row-major matrix and records the op and the inputs that m
 
 from __future__ import annotations
 
-from typing import Any
-
 # tensor first: the modules below import Tensor2D from it
 from matgrad.tensor import Tensor2D, get_default_dtype, set_default_dtype  # isort: skip
-from matgrad import data, functional, metrics, nn, optim
+from matgrad import data, functional, metrics, nn, optim, viz
 from matgrad._errors import (
     AnomalyError,
     ArgumentError,
+    ArgumentTypeError,
     BackendError,
     CheckpointError,
     DataError,
@@ -29,8 +28,10 @@ from matgrad._errors import (
     GraphError,
     MatgradError,
     ShapeError,
+    TensorIndexError,
 )
 from matgrad.autograd import (
+    Function,
     detect_anomaly,
     enable_grad,
     grad,
@@ -60,22 +61,17 @@ from matgrad.ops import (
     tanh,
     where,
 )
+from matgrad.viz import scope as _scope
 
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str) -> Any:
-    # matgrad.viz imports the graphviz package (~25 ms): load it on first use, not at import.
-    if name == "viz":
-        import importlib
-
-        return importlib.import_module("matgrad.viz")
-    raise AttributeError(f"module 'matgrad' has no attribute {name!r}")
+_scope.install()  # diagrams draw module clusters: every op records the modules it ran in
 
 
 __all__ = [
     "AnomalyError",
     "ArgumentError",
+    "ArgumentTypeError",
     "BackendError",
     "CheckpointError",
     "DataError",
@@ -85,6 +81,8 @@ __all__ = [
     "MatgradError",
     "ShapeError",
     "Tensor2D",
+    "TensorIndexError",
+    "Function",
     "__version__",
     "argmax",
     "argmin",

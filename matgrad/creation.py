@@ -7,7 +7,7 @@ import numbers
 from typing import Any
 
 from matgrad import backends as _backends
-from matgrad._errors import ArgumentError, ShapeError, at_user_site
+from matgrad._errors import ArgumentError, ArgumentTypeError, ShapeError
 from matgrad.backends.base import FLOAT_DTYPES, Backend
 from matgrad.tensor import Tensor2D, _wrap, check_int_range, check_size, dtype_name
 
@@ -20,21 +20,19 @@ def _size(name: str, nrows: Any, ncols: Any) -> tuple[int, int]:
         nrows, ncols = nrows
     for v in (nrows, ncols):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(at_user_site(f"{name}: sizes must be ints, got ({nrows!r}, {ncols!r})"))
+            raise ArgumentTypeError(f"{name}: sizes must be ints, got ({nrows!r}, {ncols!r})")
         if v < 1:
-            raise ShapeError(
-                at_user_site(f"{name}: sizes must be at least 1, got ({nrows}, {ncols}); matgrad has no empty matrices")
-            )
+            raise ShapeError(f"{name}: sizes must be at least 1, got ({nrows}, {ncols}); matgrad has no empty matrices")
     check_size(name, nrows, ncols)
     return nrows, ncols
 
 
 def _check_fill(name: str, value: Any, dtype: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(at_user_site(f"{name}: fill_value must be a real number, got {type(value).__name__}"))
+        raise ArgumentTypeError(f"{name}: fill_value must be a real number, got {type(value).__name__}")
     check_int_range(name, [value], dtype)
     if dtype == "int64" and not math.isfinite(value):
-        raise ArgumentError(at_user_site(f"{name}: int64 cannot hold {value}"))
+        raise ArgumentError(f"{name}: int64 cannot hold {value}")
 
 
 def _finish(data: Any, backend: Backend, requires_grad: bool) -> Tensor2D:
@@ -47,7 +45,7 @@ def _finish(data: Any, backend: Backend, requires_grad: bool) -> Tensor2D:
 def _float_dtype(name: str, dtype: Any) -> str:
     dt = dtype_name(dtype)
     if dt not in FLOAT_DTYPES:
-        raise ArgumentError(at_user_site(f"{name}: random samples need a floating dtype, not {dt}"))
+        raise ArgumentError(f"{name}: random samples need a floating dtype, not {dt}")
     return dt
 
 
@@ -111,9 +109,9 @@ def uniform(
     m, n = _size("uniform", nrows, ncols)
     for bound in (low, high):
         if isinstance(bound, bool) or not isinstance(bound, numbers.Real):
-            raise TypeError(at_user_site(f"uniform: low and high must be real numbers, got {bound!r}"))
+            raise ArgumentTypeError(f"uniform: low and high must be real numbers, got {bound!r}")
     if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-        raise ArgumentError(at_user_site(f"uniform: needs finite low <= high, got low={low}, high={high}"))
+        raise ArgumentError(f"uniform: needs finite low <= high, got low={low}, high={high}")
     be = _backends.get(backend)
     return _finish(be.uniform(m, n, float(low), float(high), _float_dtype("uniform", dtype)), be, requires_grad)
 
@@ -138,7 +136,7 @@ def randn(
 
 def _like(name: str, t: Tensor2D, dtype: Any) -> tuple[int, int, Backend, str]:
     if not isinstance(t, Tensor2D):
-        raise TypeError(at_user_site(f"{name}: expected a Tensor2D, got {type(t).__name__}"))
+        raise ArgumentTypeError(f"{name}: expected a Tensor2D, got {type(t).__name__}")
     return t.nrows, t.ncols, t._backend, t.dtype if dtype is None else dtype_name(dtype)
 
 

@@ -14,7 +14,7 @@ import numbers
 import random
 from typing import Any, Callable, Sequence
 
-from matgrad._errors import ArgumentError, GradcheckError, at_user_site
+from matgrad._errors import ArgumentError, ArgumentTypeError, GradcheckError
 from matgrad.autograd import grad as _grad
 from matgrad.backends.base import FLOAT_DTYPES
 from matgrad.tensor import Tensor2D
@@ -32,7 +32,7 @@ def _outputs(fn: Fn, inputs: Sequence[Tensor2D]) -> tuple[Tensor2D, ...]:
     out = _as_tuple(fn(*inputs))
     for o in out:
         if not isinstance(o, Tensor2D):
-            raise TypeError(f"gradcheck: fn must return a Tensor2D or a tuple of them, got {type(o).__name__}")
+            raise ArgumentTypeError(f"gradcheck: fn must return a Tensor2D or a tuple of them, got {type(o).__name__}")
     return out
 
 
@@ -61,19 +61,17 @@ def _objective(outputs: Sequence[Tensor2D], ups: Sequence[Tensor2D]) -> float:
 def _check_options(name: str, fn: Any, eps: Any, atol: Any, rtol: Any, seed: Any) -> None:
     """Refuse a non-callable ``fn`` and tolerances that are not finite numbers (``eps`` > 0, the rest >= 0)."""
     if not callable(fn):
-        raise TypeError(
-            at_user_site(f"{name}: fn must be a function of the input tensors, got {type(fn).__name__} {fn!r:.40}")
+        raise ArgumentTypeError(
+            f"{name}: fn must be a function of the input tensors, got {type(fn).__name__} {fn!r:.40}"
         )
     for option, value, positive in (("eps", eps, True), ("atol", atol, False), ("rtol", rtol, False)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(
-                at_user_site(f"{name}: {option} must be a number, got {type(value).__name__} {value!r:.40}")
-            )
+            raise ArgumentTypeError(f"{name}: {option} must be a number, got {type(value).__name__} {value!r:.40}")
         if not math.isfinite(value) or value < 0 or (positive and value == 0):
             bound = "> 0" if positive else ">= 0"
-            raise ArgumentError(at_user_site(f"{name}: {option} must be a finite number {bound}, got {value}"))
+            raise ArgumentError(f"{name}: {option} must be a finite number {bound}, got {value}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(at_user_site(f"{name}: seed must be an int, got {type(seed).__name__} {seed!r:.40}"))
+        raise ArgumentTypeError(f"{name}: seed must be an int, got {type(seed).__name__} {seed!r:.40}")
 
 
 def _float64_inputs(inputs: Sequence[Any]) -> list[Any]:

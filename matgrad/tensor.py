@@ -8,7 +8,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
 
 from matgrad import backends as _backends
-from matgrad._errors import ArgumentError, DTypeError, GraphError, ShapeError, at_user_site
+from matgrad._errors import ArgumentError, ArgumentTypeError, DTypeError, GraphError, ShapeError, user_site
 from matgrad.backends.base import DTYPES, FLOAT_DTYPES, Backend
 
 if TYPE_CHECKING:
@@ -56,12 +56,12 @@ def _is_array(x: Any) -> bool:
 def _reject_element(v: Any, where: str) -> None:
     """Raise the error that fits a non-numeric element."""
     if isinstance(v, bool):
-        raise TypeError(f"Tensor2D: element {where} is a bool; write 1.0 or 0.0 (or float(flag))")
+        raise ArgumentTypeError(f"Tensor2D: element {where} is a bool; write 1.0 or 0.0 (or float(flag))")
     if isinstance(v, complex):
-        raise TypeError(f"Tensor2D: element {where} is complex; matgrad holds real numbers only")
+        raise ArgumentTypeError(f"Tensor2D: element {where} is complex; matgrad holds real numbers only")
     if isinstance(v, (list, tuple)):
         raise ShapeError(f"Tensor2D: element {where} is a {type(v).__name__}: data has more than 2 dimensions")
-    raise TypeError(f"Tensor2D: element {where} is a {type(v).__name__} ({v!r}), not a number")
+    raise ArgumentTypeError(f"Tensor2D: element {where} is a {type(v).__name__} ({v!r}), not a number")
 
 
 def _validate_rows(data: Sequence[Any]) -> Sequence[Sequence[Any]]:
@@ -105,10 +105,8 @@ def check_size(name: str, nrows: int, ncols: int) -> None:
     """Refuse a matrix too large to be anything but a mistake, before trying to allocate it."""
     if nrows * ncols > MAX_ELEMENTS:
         raise ShapeError(
-            at_user_site(
-                f"{name}: a {nrows}x{ncols} matrix has {nrows * ncols:,} elements, beyond matgrad's "
-                f"limit of {MAX_ELEMENTS:,} per matrix"
-            )
+            f"{name}: a {nrows}x{ncols} matrix has {nrows * ncols:,} elements, beyond matgrad's "
+            f"limit of {MAX_ELEMENTS:,} per matrix"
         )
 
 
@@ -122,10 +120,10 @@ def check_int_range(name: str, values: Any, dtype: str) -> None:
     if dtype == "int64":
         if lo < _INT64_MIN or hi > _INT64_MAX:
             bad = lo if lo < _INT64_MIN else hi
-            raise ArgumentError(at_user_site(f"{name}: {_short(bad)} does not fit in int64 (-2**63 .. 2**63 - 1)"))
+            raise ArgumentError(f"{name}: {_short(bad)} does not fit in int64 (-2**63 .. 2**63 - 1)")
     elif hi >= _FLOAT_MAX_INT or lo <= -_FLOAT_MAX_INT:
         bad = lo if lo <= -_FLOAT_MAX_INT else hi
-        raise ArgumentError(at_user_site(f"{name}: the integer {_short(bad)} is too large for a float ({dtype})"))
+        raise ArgumentError(f"{name}: the integer {_short(bad)} is too large for a float ({dtype})")
 
 
 def _short(v: int) -> str:
@@ -143,11 +141,11 @@ def _validate_array(a: Any) -> None:
         )
     kind = a.dtype.kind
     if kind == "b":
-        raise TypeError("Tensor2D: a bool array is not numeric data; convert it with .astype(float)")
+        raise ArgumentTypeError("Tensor2D: a bool array is not numeric data; convert it with .astype(float)")
     if kind == "c":
-        raise TypeError("Tensor2D: a complex array; matgrad holds real numbers only")
+        raise ArgumentTypeError("Tensor2D: a complex array; matgrad holds real numbers only")
     if kind not in "iuf":
-        raise TypeError(f"Tensor2D: an array of dtype {a.dtype} is not numeric")
+        raise ArgumentTypeError(f"Tensor2D: an array of dtype {a.dtype} is not numeric")
 
 
 def _foreign_array(data: Any) -> Any:
@@ -166,7 +164,7 @@ def _foreign_array(data: Any) -> Any:
 def _require_finite(backend: Backend, data: Any) -> None:
     """int64 has no NaN or Inf: refuse them before converting."""
     if not backend.all_finite(data):
-        raise DTypeError(at_user_site("Tensor2D: cannot convert NaN or Inf to int64"))
+        raise DTypeError("Tensor2D: cannot convert NaN or Inf to int64")
 
 
 def _convert(data: Any, backend: Backend, dtype: str) -> Any:
@@ -179,14 +177,14 @@ def _convert(data: Any, backend: Backend, dtype: str) -> Any:
             return backend.astype(data._data, dtype)
         return backend.from_rows(src.tolist(data._data), dtype)
     if isinstance(data, bool):
-        raise TypeError("Tensor2D: a bool is not numeric data; use 1.0 or 0.0")
+        raise ArgumentTypeError("Tensor2D: a bool is not numeric data; use 1.0 or 0.0")
     if isinstance(data, numbers.Real):
         check_int_range("Tensor2D", [data], dtype)
         if dtype == "int64" and not (float(data) == float(data) and abs(float(data)) != float("inf")):
-            raise DTypeError(at_user_site("Tensor2D: cannot convert NaN or Inf to int64"))
+            raise DTypeError("Tensor2D: cannot convert NaN or Inf to int64")
         return backend.full(1, 1, data, dtype)  # type: ignore[arg-type]
     if isinstance(data, complex):
-        raise TypeError("Tensor2D: complex numbers are not supported; matgrad holds real numbers only")
+        raise ArgumentTypeError("Tensor2D: complex numbers are not supported; matgrad holds real numbers only")
     if _is_array(data) and not hasattr(data.dtype, "kind"):
         data = _foreign_array(data)  # e.g. a torch tensor: go through NumPy (or nested lists)
     if _is_array(data):
@@ -201,13 +199,23 @@ def _convert(data: Any, backend: Backend, dtype: str) -> Any:
         if dtype == "int64":
             _require_finite(backend, backend.from_rows(rows, "float64"))
         return backend.from_rows(rows, dtype)
-    raise TypeError(
+    raise ArgumentTypeError(
         f"Tensor2D: cannot make a matrix from {type(data).__name__}; pass a list of rows, "
         "a 2-D NumPy array, a number or a Tensor2D"
     )
 
 
 _object_new = object.__new__
+
+
+class Version:
+    """A storage's version counter: in-place changes seen, and what made the last one."""
+
+    __slots__ = ("changed", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.changed = ""
 
 
 class Tensor2D:
@@ -221,7 +229,17 @@ class Tensor2D:
     ``"numpy"`` or ``"python"`` (default: ``matgrad.get_backend()``).
     """
 
-    __slots__ = ("__weakref__", "_backend", "_data", "_op", "_retain", "grad", "name", "requires_grad")
+    __slots__ = (
+        "__weakref__",
+        "_backend",
+        "_data",
+        "_op",
+        "_retain",
+        "_vc",
+        "grad",
+        "name",
+        "requires_grad",
+    )
 
     # NumPy defers to our reflected operators (ndarray + Tensor2D calls Tensor2D.__radd__).
     __array_ufunc__ = None
@@ -230,6 +248,7 @@ class Tensor2D:
     _data: Any
     _op: Op | None
     _retain: bool
+    _vc: Version | None  # the storage's version counter, shared with aliases; None: never changed nor shared
     grad: Tensor2D | None
     name: str | None
     requires_grad: bool
@@ -250,6 +269,7 @@ class Tensor2D:
             dt = dtype_name(dtype)
         self._data = _convert(data, be, dt)
         self._backend = be
+        self._vc = None
         self._op = None
         self._retain = False
         self.grad = None
@@ -322,10 +342,7 @@ class Tensor2D:
         """The single value of a 1x1 tensor, as a Python number."""
         if self.shape != (1, 1):
             raise ShapeError(
-                at_user_site(
-                    f"item: needs a 1x1 tensor, this one is {self.nrows}x{self.ncols}; "
-                    "reduce it first (.sum(), .mean())"
-                )
+                f"item: needs a 1x1 tensor, this one is {self.nrows}x{self.ncols}; reduce it first (.sum(), .mean())"
             )
         return self._backend.tolist(self._data)[0][0]
 
@@ -338,10 +355,8 @@ class Tensor2D:
     def __bool__(self) -> bool:
         if self.shape != (1, 1):
             raise ShapeError(
-                at_user_site(
-                    f"the truth value of a {self.nrows}x{self.ncols} tensor is ambiguous; "
-                    "reduce it first, e.g. (a == b).min().item() == 1"
-                )
+                f"the truth value of a {self.nrows}x{self.ncols} tensor is ambiguous; "
+                "reduce it first, e.g. (a == b).min().item() == 1"
             )
         return bool(self.item())
 
@@ -371,29 +386,49 @@ class Tensor2D:
         buffers are released afterwards unless ``retain_graph=True`` (default: ``create_graph``);
         ``create_graph=True`` records the backward pass itself, for higher-order gradients.
         """
-        _autograd.backward(self, grad, retain_graph, create_graph)
+        _engine.backward(self, grad, retain_graph, create_graph)
 
     def detach(self) -> Tensor2D:
-        """A new leaf sharing this tensor's data, cut from the graph."""
-        return _wrap(self._data, self._backend)
+        """A new leaf sharing this tensor's data (and its version counter), cut from the graph."""
+        t = _wrap(self._data, self._backend)
+        t._vc = self._version_counter()
+        return t
+
+    @property
+    def _version(self) -> int:
+        """How many in-place changes this tensor's storage has seen (shared with its aliases, as PyTorch).
+
+        An op that saves a tensor for backward remembers its version; backward raises if it changed.
+        """
+        vc = self._vc
+        return 0 if vc is None else vc.count
+
+    def _version_counter(self) -> Version:
+        """The storage's counter, made on first need; an alias of this tensor shares it."""
+        vc = self._vc
+        if vc is None:
+            vc = self._vc = Version()
+        return vc
+
+    def _mark_changed(self, how: str) -> None:
+        """Count an in-place change of the storage (every alias sees it); ``how`` says what did it."""
+        vc = self._version_counter()
+        vc.count += 1
+        vc.changed = how
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor2D:
         """Set ``requires_grad`` in place on a leaf; returns ``self``."""
         if self._op is not None and not requires_grad:
-            raise GraphError(
-                at_user_site("requires_grad_(False) on a non-leaf tensor; use .detach() to cut it from the graph")
-            )
+            raise GraphError("requires_grad_(False) on a non-leaf tensor; use .detach() to cut it from the graph")
         if requires_grad and self.dtype not in FLOAT_DTYPES:
-            raise DTypeError(
-                at_user_site(f"only floating tensors can require grad, this one is {self.dtype}; convert with .float()")
-            )
+            raise DTypeError(f"only floating tensors can require grad, this one is {self.dtype}; convert with .float()")
         self.requires_grad = bool(requires_grad)
         return self
 
     def retain_grad(self) -> Tensor2D:
         """Keep ``.grad`` on this non-leaf tensor after backward (leaves keep it anyway)."""
         if not self.requires_grad:
-            raise GraphError(at_user_site("retain_grad on a tensor that does not require grad"))
+            raise GraphError("retain_grad on a tensor that does not require grad")
         self._retain = True
         return self
 
@@ -403,32 +438,36 @@ class Tensor2D:
 
     # -- in place (optimisers and initialisers, under no_grad) --------------------------------
     def _check_inplace(self, name: str) -> None:
-        if self.requires_grad and _autograd._grad_enabled:
+        if self.requires_grad and _grad_mode.state.grad_enabled:
             raise GraphError(
-                at_user_site(
-                    f"{name}: in-place change of a tensor that requires grad while the graph is being "
-                    "recorded; do it under `with matgrad.no_grad():`"
-                )
+                f"{name}: in-place change of a tensor that requires grad while the graph is being "
+                "recorded; do it under `with matgrad.no_grad():`"
             )
+
+    def _changed_by(self, name: str) -> None:
+        site = user_site()
+        self._mark_changed(f"{name}() at {site}" if site else f"{name}()")
 
     def copy_(self, src: Tensor2D | Scalar) -> Tensor2D:
         """Overwrite the values with ``src`` (same shape, or broadcast); returns ``self``."""
         self._check_inplace("copy_")
         _ops.check_inplace_operand("copy_", self, src)
         self._backend.assign(self._data, src._data if isinstance(src, Tensor2D) else float(src))
+        self._changed_by("copy_")
         return self
 
     def add_(self, other: Tensor2D | Scalar, alpha: builtins.float = 1.0) -> Tensor2D:
         """``self += alpha * other`` in place; returns ``self``."""
         self._check_inplace("add_")
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-            raise TypeError(at_user_site(f"add_: alpha must be a real number, got {type(alpha).__name__}"))
+            raise ArgumentTypeError(f"add_: alpha must be a real number, got {type(alpha).__name__}")
         _ops.check_inplace_operand("add_", self, other, alpha)
         be = self._backend
         if isinstance(other, Tensor2D):
             be.axpy(self._data, other._data, float(alpha))
         else:
             be.assign(self._data, be.add(self._data, float(alpha) * float(other)))
+        self._changed_by("add_")
         return self
 
     def mul_(self, factor: Tensor2D | Scalar) -> Tensor2D:
@@ -437,12 +476,14 @@ class Tensor2D:
         _ops.check_inplace_operand("mul_", self, factor)
         be = self._backend
         be.assign(self._data, be.mul(self._data, factor._data if isinstance(factor, Tensor2D) else float(factor)))
+        self._changed_by("mul_")
         return self
 
     def zero_(self) -> Tensor2D:
         """Set every value to 0 in place; returns ``self``."""
         self._check_inplace("zero_")
         self._backend.assign(self._data, 0.0)
+        self._changed_by("zero_")
         return self
 
     # -- operators ----------------------------------------------------------------------------
@@ -634,6 +675,7 @@ def _wrap(data: Any, backend: Backend) -> Tensor2D:
     t = _object_new(Tensor2D)
     t._data = data
     t._backend = backend
+    t._vc = None
     t._op = None
     t._retain = False
     t.grad = None
@@ -643,5 +685,6 @@ def _wrap(data: Any, backend: Backend) -> Tensor2D:
 
 
 # Bound last: these modules import Tensor2D from here.
-from matgrad import autograd as _autograd  # noqa: E402
 from matgrad import ops as _ops  # noqa: E402
+from matgrad.autograd import engine as _engine  # noqa: E402
+from matgrad.autograd import grad_mode as _grad_mode  # noqa: E402

@@ -16,6 +16,7 @@ import matgrad as mg
 import matgrad.functional as F
 from matgrad import ops
 from matgrad.autograd import Op
+from matgrad.autograd.function import FunctionOp
 
 Shape = tuple[int, int]
 
@@ -61,6 +62,42 @@ def labels(m: int, n: int) -> list[int]:
     return [(3 * i + 1) % n for i in range(m)]
 
 
+class ScaledSquare(mg.Function):
+    """A user-defined op: ``C = alpha * X^2``;  ``dX = 2 alpha X G`` (its rule written in Tensor2D ops)."""
+
+    @staticmethod
+    def forward(ctx: mg.autograd.FunctionCtx, x: mg.Tensor2D, alpha: float) -> mg.Tensor2D:
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return x * x * alpha
+
+    @staticmethod
+    def backward(ctx: mg.autograd.FunctionCtx, grad: mg.Tensor2D) -> tuple[mg.Tensor2D, None]:
+        (x,) = ctx.saved_tensors
+        return grad * x * (2.0 * ctx.alpha), None
+
+
+class MulAndAdd(mg.Function):
+    """A user-defined op with two outputs: ``(A * B, A + B)``."""
+
+    @staticmethod
+    def forward(ctx: mg.autograd.FunctionCtx, a: mg.Tensor2D, b: mg.Tensor2D) -> tuple[mg.Tensor2D, mg.Tensor2D]:
+        ctx.save_for_backward(a, b)
+        return a * b, a + b
+
+    @staticmethod
+    def backward(
+        ctx: mg.autograd.FunctionCtx, g_prod: mg.Tensor2D, g_sum: mg.Tensor2D
+    ) -> tuple[mg.Tensor2D, mg.Tensor2D]:
+        a, b = ctx.saved_tensors
+        return g_prod * b + g_sum, g_prod * a + g_sum
+
+
+def _mul_and_add(a: mg.Tensor2D, b: mg.Tensor2D) -> mg.Tensor2D:
+    prod, total = MulAndAdd.apply(a, b)
+    return mg.cat([prod, total * 3.0], axis=1)
+
+
 CASES: list[Case] = [
     # element-wise binary, with every broadcast pattern
     Case("add", lambda a, b: a + b, same(2), (ops.Add,)),
@@ -99,6 +136,7 @@ CASES: list[Case] = [
     Case("reshape_col", lambda a: a.reshape(-1, 1), same(1), (ops.Reshape,)),
     Case("expand_row", lambda a: ops.expand(a, 3, a.ncols), lambda m, n: [(1, n)], (ops.Expand,)),
     Case("clone", lambda a: a.clone(), same(1), (ops.Clone,)),
+    Case("alias", lambda a: a[:, :] * 2.0, same(1), (ops.Alias,)),
     Case("to_other_backend", lambda a: a.to(backend=other_backend(a)) * 3.0, same(1), (ops.To,)),
     Case("cat_rows", lambda a, b: mg.cat([a, b, a], axis=0), lambda m, n: [(m, n), (2, n)], (ops.Cat,)),
     Case("cat_cols", lambda a, b: mg.cat([a, b], axis=1), lambda m, n: [(m, n), (m, 1)], (ops.Cat,)),
@@ -154,7 +192,7 @@ CASES: list[Case] = [
         "cross_entropy_soft",
         lambda x, t: F.cross_entropy(x, t.softmax()),
         same(2),
-        (ops.LogSoftmax,),
+        (F.SoftCrossEntropy,),
     ),
     Case("nll_loss", lambda x: F.nll_loss(x.log_softmax(), labels(x.nrows, x.ncols)), same(1), (ops.Pick,)),
     Case("mse_loss", F.mse_loss, same(2), (ops.Sub, ops.Mul, ops.Mean)),
@@ -165,7 +203,14 @@ CASES: list[Case] = [
         (F.BCEWithLogits,),
         ("real", "probability"),
     ),
-    Case("dropout", lambda a: dropout_fixed_mask(a), same(1), (ops.Mul,), random=True),
+    Case("dropout", lambda a: dropout_fixed_mask(a), same(1), (F.Dropout,), random=True),
+    Case("softplus", F.softplus, same(1), (F.Softplus,)),
+    Case("softplus_beta", lambda a: F.softplus(a * 8.0, beta=2.0, threshold=100.0), same(1), (F.Softplus,)),
+    # above the threshold softplus is the identity (value and gradient), as PyTorch's
+    Case("softplus_linear", lambda a: F.softplus(a + 2.0, threshold=1.0), same(1), (F.Softplus,), ("positive",)),
+    # user-defined ops go through the same door
+    Case("function", lambda a: ScaledSquare.apply(a, 1.5), same(1), (FunctionOp,)),
+    Case("function_two_outputs", _mul_and_add, same(2), (FunctionOp,)),
 ]
 
 CASES_BY_NAME = {c.name: c for c in CASES}
@@ -226,4 +271,8 @@ HAND: list[tuple[str, list[list[list[float]]], list[list[float]]]] = [
     ("cross_entropy", [[[0, 0]]], [[0.6931471805599453]]),
     # x = 0, y = 1: log(1 + e^0) = log 2
     ("bce_with_logits", [[[0]], [[1]]], [[0.6931471805599453]]),
+    ("softplus", [[[0, 30]]], [[0.6931471805599453, 30]]),
+    ("function", [[[2, -1]]], [[6, 1.5]]),
+    ("function_two_outputs", [[[2, 3]], [[4, 5]]], [[8, 15, 18, 24]]),
+    ("alias", [[[1, -2]]], [[2, -4]]),
 ]

@@ -54,11 +54,13 @@ import matgrad as mg
 import matgrad.functional as F
 from matgrad import autograd, nn, optim
 from matgrad._errors import CheckpointError, DataError, MatgradError
+from matgrad.autograd import grad_mode as grad_mode_module
 from matgrad.cli import main as cli_main
 from matgrad.data import DataLoader, load_mnist
 from matgrad.metrics import accuracy, confusion_matrix, predict
 from matgrad.nn import init
 from matgrad.optim.lr_scheduler import CosineAnnealingLR, StepLR
+from matgrad.viz.scope import current_scope
 
 ShapeError, ArgumentError, DTypeError = mg.ShapeError, mg.ArgumentError, mg.DTypeError
 BackendError, GraphError, GradcheckError = mg.BackendError, mg.GraphError, mg.GradcheckError
@@ -210,19 +212,18 @@ def global_state() -> tuple[Any, ...]:
         mg.get_default_dtype(),
         mg.is_grad_enabled(),
         mg.is_anomaly_enabled(),
-        autograd._debug,
-        autograd._scope,
+        autograd.is_debug_enabled(),
+        current_scope(),
     )
 
 
 def restore_global_state(saved: tuple[Any, ...]) -> None:
-    backend, dtype, grad_mode, anomaly, debug, scope = saved
+    backend, dtype, grad_mode, anomaly, debug, _scope = saved
     mg.set_backend(backend)
     mg.set_default_dtype(dtype)
-    autograd._grad_enabled = grad_mode
-    autograd._anomaly = anomaly
-    autograd._debug = debug
-    autograd._scope = scope
+    grad_mode_module.state.grad_enabled = grad_mode
+    grad_mode_module.state.anomaly = anomaly
+    autograd.set_debug(debug)
 
 
 def _last_frame(tb: Any) -> traceback.FrameSummary | None:

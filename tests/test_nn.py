@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 import matgrad as mg
-from matgrad import autograd, functional, nn
+from matgrad import functional, nn
 from matgrad._errors import ArgumentError, CheckpointError, DTypeError
 from matgrad.nn import init
 from matgrad.testing import assert_close
+from matgrad.viz.scope import current_scope
 
 
 def _torch() -> Any:
@@ -709,9 +710,9 @@ def test_mlp_cross_entropy_gradcheck(backend: str) -> None:
 def test_ops_record_the_stack_of_modules(backend: str) -> None:
     inner = nn.Sequential(nn.ReLU(), nn.Linear(4, 2))
     model = nn.Sequential(nn.Linear(3, 4), inner)
-    assert autograd._scope == ()
+    assert current_scope() == ()
     out = model(mg.randn(5, 3))
-    assert autograd._scope == ()
+    assert current_scope() == ()
     last = out.op
     assert last is not None and last.scope == (model, inner, inner[1])
     relu = out.inputs[0].op
@@ -726,7 +727,7 @@ def test_scope_is_restored_when_forward_raises(backend: str) -> None:
     model = nn.Sequential(nn.Linear(3, 4))
     with pytest.raises(ValueError):
         model(mg.zeros(2, 5))
-    assert autograd._scope == ()
+    assert current_scope() == ()
 
 
 # ---------------------------------------------------------------------------------------------

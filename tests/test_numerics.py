@@ -27,7 +27,7 @@ import pytest
 
 import matgrad as mg
 import matgrad.functional as F
-from matgrad import autograd, nn
+from matgrad import nn
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -399,7 +399,7 @@ def test_detect_anomaly_as_a_decorator(backend: str) -> None:
 
 
 def test_detection_off_costs_nothing_and_records_no_site(backend: str) -> None:
-    previous = autograd._debug
+    previous = mg.autograd.is_debug_enabled()
     mg.set_debug(False)
     try:
         y = mg.Tensor2D([[1.0]], requires_grad=True) * 2.0
@@ -409,7 +409,7 @@ def test_detection_off_costs_nothing_and_records_no_site(backend: str) -> None:
 
 
 def test_set_debug_records_the_call_site(backend: str) -> None:
-    previous = autograd._debug
+    previous = mg.autograd.is_debug_enabled()
     x = mg.Tensor2D([[0.0, 1.0]], requires_grad=True)
     try:
         mg.set_debug(True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from matgrad._errors import ArgumentError, BackendError
+from matgrad._errors import ArgumentError, ArgumentTypeError, BackendError
 from matgrad.backends.base import DTYPES, FLOAT_DTYPES, Backend
 
 __all__ = [
@@ -68,7 +68,9 @@ def get(name: str | Backend | None = None) -> Backend:
     if isinstance(name, Backend):
         return name
     if not isinstance(name, str):
-        raise TypeError(f"backend must be a name such as 'numpy' or 'python', got {type(name).__name__} {name!r}")
+        raise ArgumentTypeError(
+            f"backend must be a name such as 'numpy' or 'python', got {type(name).__name__} {name!r}"
+        )
     backend = _instances.get(name)
     if backend is None:
         backend = _instances[name] = _create(name)
@@ -107,7 +109,7 @@ def manual_seed(seed: int) -> None:
     """
     global _seed
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"manual_seed: seed must be an int, got {type(seed).__name__}")
+        raise ArgumentTypeError(f"manual_seed: seed must be an int, got {type(seed).__name__}")
     if not 0 <= seed < 2**64:
         raise ArgumentError(f"manual_seed: seed must be in 0 .. 2**64 - 1, got {seed}")
     _seed = seed

@@ -108,6 +108,14 @@ class Backend(ABC):
         """An independent copy."""
 
     @abstractmethod
+    def storage(self, a: Data) -> int:
+        """An identity of the memory ``a`` lives in: equal for a matrix and its views (reshape)."""
+
+    def aliases(self, a: Data, b: Data) -> bool:
+        """True when ``a`` and ``b`` share memory (one is a view of the other, or both of a third)."""
+        return self.storage(a) == self.storage(b)
+
+    @abstractmethod
     def assign(self, a: Data, b: Operand) -> None:
         """In place: ``a[...] = b`` (same shape, or broadcast). For optimisers only."""
 

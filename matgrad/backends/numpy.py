@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, Sequence
 
+from matgrad._errors import TensorIndexError
 from matgrad.backends.base import Axis, Backend, Index, Operand
 
 __all__ = ["NumpyBackend"]
@@ -112,6 +113,14 @@ class NumpyBackend(Backend):
     def copy(self, a: Any) -> Any:
         return a.copy()
 
+    def storage(self, a: Any) -> int:
+        base = a.base
+        return id(a) if base is None else id(base)
+
+    def aliases(self, a: Any, b: Any) -> bool:
+        base = a.base
+        return base is not None and (base is b or base is b.base)
+
     def assign(self, a: Any, b: Operand) -> None:
         a[...] = b
 
@@ -203,7 +212,7 @@ class NumpyBackend(Backend):
         # Read as unsigned, a negative class is huge: one reduction checks both ends of the range.
         # (Gathering with the unsigned view would not: NumPy casts it back and -1 means the last.)
         if int(xp.maximum.reduce(targets.view(xp.uint64), axis=None)) >= x.shape[1]:
-            raise IndexError("a class index is out of range")
+            raise TensorIndexError("a class index is out of range")
         z = x - xp.maximum.reduce(x, axis=1, keepdims=True)
         picked = z[self._rows(x.shape[0]), targets]
         xp.exp(z, out=z)

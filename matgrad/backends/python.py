@@ -20,7 +20,7 @@ from array import array
 from itertools import chain, islice, repeat
 from typing import Any, Callable, Iterable, Literal, Sequence
 
-from matgrad._errors import ShapeError
+from matgrad._errors import ShapeError, TensorIndexError
 from matgrad.backends.base import Axis, Backend, Index, Operand
 
 __all__ = ["Matrix", "PythonBackend", "dot_products"]
@@ -63,7 +63,7 @@ class Matrix:
     def get(self, row: int, col: int) -> Any:
         """Element ``(row, col)``: ``data[row * ncols + col]``."""
         if not (0 <= row < self.nrows and 0 <= col < self.ncols):
-            raise IndexError(f"Matrix.get({row}, {col}) out of range for shape {self.shape}")
+            raise TensorIndexError(f"Matrix.get({row}, {col}) out of range for shape {self.shape}")
         return self.data[row * self.ncols + col]
 
     def row(self, i: int) -> list[Any]:
@@ -398,6 +398,12 @@ class PythonBackend(Backend):
     def copy(self, a: Matrix) -> Matrix:
         return Matrix._wrap(a.nrows, a.ncols, list(a.data), a.dtype)
 
+    def storage(self, a: Matrix) -> int:
+        return id(a.data)
+
+    def aliases(self, a: Matrix, b: Matrix) -> bool:
+        return a.data is b.data
+
     def assign(self, a: Matrix, b: Operand) -> None:
         values = _materialise(_expand(b, a.nrows, a.ncols), a.nrows * a.ncols)
         a.data[:] = _finish(a.nrows, a.ncols, values, a.dtype).data
@@ -498,7 +504,7 @@ class PythonBackend(Backend):
         c = x.ncols
         for row, t in zip(x.rows(), targets.data):
             if not 0 <= t < c:
-                raise IndexError(f"class {t} out of range for {c} classes")
+                raise TensorIndexError(f"class {t} out of range for {c} classes")
             top = max(row)
             if top != top or top == -_INF:
                 top = 0.0 if top == -_INF else top

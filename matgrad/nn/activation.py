@@ -6,7 +6,7 @@ import numbers
 from typing import Any
 
 from matgrad import functional as F
-from matgrad._errors import ArgumentError, at_user_site
+from matgrad._errors import ArgumentError, ArgumentTypeError
 from matgrad.nn.module import Module
 from matgrad.tensor import Tensor2D
 
@@ -28,7 +28,7 @@ class LeakyReLU(Module):
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
         if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
-            raise TypeError(at_user_site(f"LeakyReLU: negative_slope must be a number, got {negative_slope!r}"))
+            raise ArgumentTypeError(f"LeakyReLU: negative_slope must be a number, got {negative_slope!r}")
         self.negative_slope = negative_slope
 
     def forward(self, input: Tensor2D) -> Tensor2D:
@@ -56,11 +56,11 @@ def _axis(owner: str, axis: Any, dim: Any) -> int:
     if dim is not None:
         axis = dim
     if axis is not None and (isinstance(axis, bool) or not isinstance(axis, numbers.Integral)):
-        raise TypeError(
-            at_user_site(f"{owner}: axis must be an int, 0 or 1 (or -1, -2), got {type(axis).__name__} {axis!r:.40}")
+        raise ArgumentTypeError(
+            f"{owner}: axis must be an int, 0 or 1 (or -1, -2), got {type(axis).__name__} {axis!r:.40}"
         )
     if axis not in (0, 1, -1, -2):
-        raise ArgumentError(at_user_site(f"{owner}: axis must be 0 or 1 (or -1, -2), got {axis!r}"))
+        raise ArgumentError(f"{owner}: axis must be 0 or 1 (or -1, -2), got {axis!r}")
     return int(axis)
 
 
@@ -105,11 +105,11 @@ class Dropout(Module):
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, numbers.Real):
-            raise TypeError(
-                at_user_site(f"Dropout: p must be a probability in [0, 1] (a number), got {type(p).__name__} {p!r:.40}")
+            raise ArgumentTypeError(
+                f"Dropout: p must be a probability in [0, 1] (a number), got {type(p).__name__} {p!r:.40}"
             )
         if not 0.0 <= p <= 1.0:
-            raise ArgumentError(at_user_site(f"Dropout: p must be a probability in [0, 1], got {p!r}"))
+            raise ArgumentError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
         self.p = p
 
     def forward(self, input: Tensor2D) -> Tensor2D:

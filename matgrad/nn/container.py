@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Set
 from typing import Any, Iterator, Sequence, overload
 
 from matgrad import backends as _backends
-from matgrad._errors import ArgumentError, at_user_site
+from matgrad._errors import ArgumentError, ArgumentTypeError, TensorIndexError
 from matgrad.nn.activation import Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
 from matgrad.nn.linear import Identity, Linear, _float_dtype
 from matgrad.nn.module import Module, _positive_int
@@ -32,15 +32,15 @@ class Sequential(Module):
         else:
             for i, arg in enumerate(args):
                 if not isinstance(arg, Module):
-                    raise TypeError(at_user_site(f"Sequential: argument {i} is a {type(arg).__name__}, not a Module"))
+                    raise ArgumentTypeError(f"Sequential: argument {i} is a {type(arg).__name__}, not a Module")
                 self.add_module(str(i), arg)
 
     def _key(self, idx: int) -> str:
         if isinstance(idx, bool) or not isinstance(idx, numbers.Integral):
-            raise TypeError(f"Sequential indices must be ints or slices, not {type(idx).__name__}")
+            raise ArgumentTypeError(f"Sequential indices must be ints or slices, not {type(idx).__name__}")
         size = len(self._modules)
         if not -size <= idx < size:
-            raise IndexError(f"index {idx} is out of range for a Sequential of {size} modules")
+            raise TensorIndexError(f"index {idx} is out of range for a Sequential of {size} modules")
         return list(self._modules)[int(idx) % size]
 
     @overload
@@ -113,29 +113,23 @@ class MLP(Sequential):
         backend: Any = None,
     ) -> None:
         if isinstance(sizes, (str, bytes, Mapping, Set)) or not isinstance(sizes, Iterable):
-            raise TypeError(
-                at_user_site(
-                    f"MLP: sizes must be a list of layer sizes, e.g. [784, 128, 10]; got {type(sizes).__name__} "
-                    f"{sizes!r:.60}"
-                )
+            raise ArgumentTypeError(
+                f"MLP: sizes must be a list of layer sizes, e.g. [784, 128, 10]; got {type(sizes).__name__} "
+                f"{sizes!r:.60}"
             )
         sizes = list(sizes)
         if len(sizes) < 2:
             raise ArgumentError(
-                at_user_site(
-                    f"MLP: sizes must list at least an input and an output size, e.g. [784, 128, 10]; got {sizes!r}"
-                )
+                f"MLP: sizes must list at least an input and an output size, e.g. [784, 128, 10]; got {sizes!r}"
             )
         dims = [_positive_int("MLP", f"sizes[{i}]", s) for i, s in enumerate(sizes)]
         act = _activation(activation)
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
-            raise TypeError(
-                at_user_site(
-                    f"MLP: dropout must be a probability in [0, 1), got {type(dropout).__name__} {dropout!r:.60}"
-                )
+            raise ArgumentTypeError(
+                f"MLP: dropout must be a probability in [0, 1), got {type(dropout).__name__} {dropout!r:.60}"
             )
         if not 0.0 <= dropout < 1.0:
-            raise ArgumentError(at_user_site(f"MLP: dropout must be a probability in [0, 1), got {dropout!r}"))
+            raise ArgumentError(f"MLP: dropout must be a probability in [0, 1), got {dropout!r}")
         dtype = _float_dtype("MLP", dtype)
         backend = _backends.get(backend)
         layers: list[Module] = []
@@ -153,16 +147,12 @@ def _activation(activation: str | type[Module]) -> type[Module]:
     if isinstance(activation, str):
         if activation not in _ACTIVATIONS:
             raise ArgumentError(
-                at_user_site(
-                    f"MLP: unknown activation {activation!r}; use one of {', '.join(map(repr, _ACTIVATIONS))} "
-                    "or a Module subclass such as nn.Tanh"
-                )
+                f"MLP: unknown activation {activation!r}; use one of {', '.join(map(repr, _ACTIVATIONS))} "
+                "or a Module subclass such as nn.Tanh"
             )
         return _ACTIVATIONS[activation]
     if isinstance(activation, type) and issubclass(activation, Module):
         return activation
-    raise TypeError(
-        at_user_site(
-            f"MLP: activation must be a name or a Module subclass (nn.ReLU, not nn.ReLU()), got {activation!r}"
-        )
+    raise ArgumentTypeError(
+        f"MLP: activation must be a name or a Module subclass (nn.ReLU, not nn.ReLU()), got {activation!r}"
     )

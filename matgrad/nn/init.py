@@ -12,7 +12,7 @@ import numbers
 from typing import Any
 
 from matgrad import autograd as _autograd
-from matgrad._errors import ArgumentError, DTypeError, at_user_site
+from matgrad._errors import ArgumentError, ArgumentTypeError, DTypeError
 from matgrad.backends.base import FLOAT_DTYPES
 from matgrad.tensor import Tensor2D, _wrap
 
@@ -44,8 +44,8 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
 def _gain(name: str, nonlinearity: Any, param: Any) -> float:
     """``calculate_gain``, with errors naming ``name`` (the init function the user called)."""
     if not isinstance(nonlinearity, str):
-        raise TypeError(
-            at_user_site(f"{name}: nonlinearity must be a name such as 'relu', got {type(nonlinearity).__name__}")
+        raise ArgumentTypeError(
+            f"{name}: nonlinearity must be a name such as 'relu', got {type(nonlinearity).__name__}"
         )
     if nonlinearity in _LINEAR:
         return 1.0
@@ -59,17 +59,15 @@ def _gain(name: str, nonlinearity: Any, param: Any) -> float:
     if nonlinearity == "selu":
         return 3.0 / 4
     raise ArgumentError(
-        at_user_site(
-            f"{name}: unsupported nonlinearity {nonlinearity!r}; use one of "
-            "'linear', 'identity', 'sigmoid', 'tanh', 'relu', 'leaky_relu', 'selu'"
-        )
+        f"{name}: unsupported nonlinearity {nonlinearity!r}; use one of "
+        "'linear', 'identity', 'sigmoid', 'tanh', 'relu', 'leaky_relu', 'selu'"
     )
 
 
 def _number(name: str, arg: str, value: Any) -> float:
     """``value`` as a float, or a TypeError naming the init function and the argument."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(at_user_site(f"{name}: {arg} must be a number, got {type(value).__name__} {value!r:.40}"))
+        raise ArgumentTypeError(f"{name}: {arg} must be a number, got {type(value).__name__} {value!r:.40}")
     return float(value)
 
 
@@ -77,13 +75,13 @@ def _finite(name: str, arg: str, value: Any) -> float:
     """``value`` as a finite float (NaN and Inf refused with an ArgumentError)."""
     v = _number(name, arg, value)
     if not math.isfinite(v):
-        raise ArgumentError(at_user_site(f"{name}: {arg} must be finite, got {v}"))
+        raise ArgumentError(f"{name}: {arg} must be finite, got {v}")
     return v
 
 
 def _target(name: str, tensor: Any) -> Tensor2D:
     if not isinstance(tensor, Tensor2D):
-        raise TypeError(at_user_site(f"{name}: expected a Tensor2D, got {type(tensor).__name__}"))
+        raise ArgumentTypeError(f"{name}: expected a Tensor2D, got {type(tensor).__name__}")
     return tensor
 
 
@@ -91,7 +89,7 @@ def _fill_random(name: str, tensor: Any, kind: str, a: float, b: float) -> Tenso
     """Overwrite ``tensor`` with U(a, b) (``kind="uniform"``) or N(a, b^2) samples, in place."""
     t = _target(name, tensor)
     if t.dtype not in FLOAT_DTYPES:
-        raise DTypeError(at_user_site(f"{name}: random values need a floating tensor, got {t.dtype}"))
+        raise DTypeError(f"{name}: random values need a floating tensor, got {t.dtype}")
     be = t._backend
     m, n = t.shape
     sample = be.uniform(m, n, a, b, t.dtype) if kind == "uniform" else be.normal(m, n, a, b, t.dtype)
@@ -104,7 +102,7 @@ def uniform_(tensor: Tensor2D, a: float = 0.0, b: float = 1.0) -> Tensor2D:
     """Fill with samples of U(a, b)."""
     lo, hi = _finite("uniform_", "a", a), _finite("uniform_", "b", b)
     if not lo <= hi:
-        raise ArgumentError(at_user_site(f"uniform_: needs a <= b, got a={a}, b={b}"))
+        raise ArgumentError(f"uniform_: needs a <= b, got a={a}, b={b}")
     return _fill_random("uniform_", tensor, "uniform", lo, hi)
 
 
@@ -112,7 +110,7 @@ def normal_(tensor: Tensor2D, mean: float = 0.0, std: float = 1.0) -> Tensor2D:
     """Fill with samples of N(mean, std^2)."""
     mu, sigma = _finite("normal_", "mean", mean), _finite("normal_", "std", std)
     if not sigma >= 0:
-        raise ArgumentError(at_user_site(f"normal_: std must be >= 0, got {std}"))
+        raise ArgumentError(f"normal_: std must be >= 0, got {std}")
     return _fill_random("normal_", tensor, "normal", mu, sigma)
 
 
@@ -143,12 +141,12 @@ def _fans(tensor: Tensor2D) -> tuple[int, int]:
 def _fan(name: str, tensor: Tensor2D, mode: Any) -> int:
     fan_in, fan_out = _fans(tensor)
     if not isinstance(mode, str):
-        raise TypeError(at_user_site(f"{name}: mode must be 'fan_in' or 'fan_out', got {type(mode).__name__}"))
+        raise ArgumentTypeError(f"{name}: mode must be 'fan_in' or 'fan_out', got {type(mode).__name__}")
     if mode == "fan_in":
         return fan_in
     if mode == "fan_out":
         return fan_out
-    raise ArgumentError(at_user_site(f"{name}: mode {mode!r} not supported; use 'fan_in' or 'fan_out'"))
+    raise ArgumentError(f"{name}: mode {mode!r} not supported; use 'fan_in' or 'fan_out'")
 
 
 def _kaiming_std(name: str, tensor: Tensor2D, a: Any, mode: Any, nonlinearity: Any) -> float:
@@ -161,7 +159,7 @@ def _xavier_std(name: str, tensor: Tensor2D, gain: Any) -> float:
     """``gain * sqrt(2 / (fan_in + fan_out))``, with ``gain`` a finite number >= 0."""
     g = _finite(name, "gain", gain)
     if g < 0:
-        raise ArgumentError(at_user_site(f"{name}: gain must be >= 0, got {gain}"))
+        raise ArgumentError(f"{name}: gain must be >= 0, got {gain}")
     fan_in, fan_out = _fans(tensor)
     return g * math.sqrt(2.0 / (fan_in + fan_out))
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from matgrad import backends as _backends
 from matgrad import functional as F
-from matgrad._errors import DTypeError, at_user_site
+from matgrad._errors import DTypeError
 from matgrad.backends.base import FLOAT_DTYPES
 from matgrad.nn import init
 from matgrad.nn.module import Module, Parameter, _positive_int
@@ -62,9 +62,7 @@ def _float_dtype(owner: str, dtype: Any) -> str:
     """``dtype`` as a floating dtype name, or a DTypeError naming ``owner``: parameters are trained."""
     dt = dtype_name(dtype)
     if dt not in FLOAT_DTYPES:
-        raise DTypeError(
-            at_user_site(f"{owner}: parameters must be floating (float32 or float64), not {dt}; pass dtype='float32'")
-        )
+        raise DTypeError(f"{owner}: parameters must be floating (float32 or float64), not {dt}; pass dtype='float32'")
     return dt
 
 

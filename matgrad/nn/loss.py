@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from matgrad import functional as F
-from matgrad._errors import ArgumentError, at_user_site
+from matgrad._errors import ArgumentError
 from matgrad.nn.module import Module
 from matgrad.tensor import Tensor2D
 
@@ -16,9 +16,7 @@ class _Loss(Module):
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
         if reduction not in ("mean", "sum", "none"):
-            raise ArgumentError(
-                at_user_site(f"{type(self).__name__}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-            )
+            raise ArgumentError(f"{type(self).__name__}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         self.reduction = reduction
 
 

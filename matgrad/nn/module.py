@@ -11,13 +11,20 @@ import numbers
 from collections import OrderedDict
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, TypeVar
 
-from matgrad import autograd as _autograd
 from matgrad import backends as _backends
-from matgrad._errors import ArgumentError, CheckpointError, DTypeError, MatgradError, at_user_site
+from matgrad._errors import ArgumentError, ArgumentTypeError, CheckpointError, DTypeError, MatgradError
+from matgrad.autograd.grad_mode import no_grad
+from matgrad.autograd.graph import RemovableHandle
 from matgrad.backends.base import FLOAT_DTYPES
 from matgrad.tensor import Tensor2D, _wrap, dtype_name
 
-__all__ = ["IncompatibleKeys", "Module", "Parameter"]
+__all__ = [
+    "IncompatibleKeys",
+    "Module",
+    "Parameter",
+    "register_module_forward_hook",
+    "register_module_forward_pre_hook",
+]
 
 M = TypeVar("M", bound="Module")
 
@@ -35,6 +42,7 @@ class Parameter(Tensor2D):
         if isinstance(data, Tensor2D):
             self._data = data._data
             self._backend = data._backend
+            self._vc = data._version_counter()  # one storage, one version counter
             self._op = None
             self._retain = False
             self.grad = None
@@ -123,7 +131,7 @@ def _shape_of(value: Any) -> str:
 
 def _check_name(method: str, kind: str, owner: Module, name: Any) -> None:
     if not isinstance(name, str):
-        raise TypeError(f"{method}: the {kind} name must be a string, got {type(name).__name__} {name!r:.40}")
+        raise ArgumentTypeError(f"{method}: the {kind} name must be a string, got {type(name).__name__} {name!r:.40}")
     # KeyError, as PyTorch's register_parameter / add_module raise for these names
     if name == "":
         raise KeyError(f'{method}: the {kind} name is empty; give a name such as "weight" or "fc1"')
@@ -136,11 +144,40 @@ def _check_name(method: str, kind: str, owner: Module, name: Any) -> None:
         raise AttributeError(f"cannot register a {kind} before Module.__init__() is called")
 
 
+PreHook = Callable[["Module", tuple[Any, ...]], Any]
+Hook = Callable[["Module", tuple[Any, ...], Any], Any]
+_global_pre_hooks: list[PreHook] = []
+_global_hooks: list[Hook] = []
+_always_called: set[int] = set()  # ids of global forward hooks that also run when forward raises
+
+
+def register_module_forward_pre_hook(hook: PreHook) -> RemovableHandle:
+    """Call ``hook(module, args)`` before every module's ``forward`` (all modules, as PyTorch's).
+
+    The hook may return new positional arguments (a tuple, or one value) in place of ``args``.
+    """
+    _global_pre_hooks.append(hook)
+    return RemovableHandle(_global_pre_hooks, hook)
+
+
+def register_module_forward_hook(hook: Hook, *, always_call: bool = False) -> RemovableHandle:
+    """Call ``hook(module, args, output)`` after every module's ``forward`` (all modules, as PyTorch's).
+
+    The hook may return a new output. With ``always_call=True`` it also runs when ``forward``
+    raises (with ``output`` None), so a hook pair can keep a stack of the modules being called.
+    """
+    _global_hooks.append(hook)
+    if always_call:
+        _always_called.add(id(hook))
+    return RemovableHandle(_global_hooks, hook)
+
+
 class Module:
     """Base class of layers and models: subclass it, assign layers and parameters, write ``forward``.
 
-    ``model(x)`` calls ``forward(x)`` with the module pushed onto the autograd scope, so every op
-    recorded inside carries ``op.scope`` (the modules being called, outermost first) for diagrams.
+    ``model(x)`` calls ``forward(x)``, running the forward hooks around it: this module's own
+    (``register_forward_pre_hook``, ``register_forward_hook``) and the global ones (the diagrams
+    use those to know which modules every op was recorded inside).
     """
 
     training: bool
@@ -157,13 +194,39 @@ class Module:
         raise NotImplementedError(f'Module [{self._get_name()}] is missing the required "forward" function')
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # Ops recorded inside carry the stack of modules being called, for diagrams.
-        prev = _autograd._scope
-        _autograd._scope = (*prev, self)
-        try:
+        own = self.__dict__.get("_hooks")
+        if not (_global_pre_hooks or _global_hooks or own):
             return self.forward(*args, **kwargs)
-        finally:
-            _autograd._scope = prev
+        pre = [*_global_pre_hooks, *(own[0] if own else ())]
+        post = [*_global_hooks, *(own[1] if own else ())]
+        for hook in pre:
+            new = hook(self, args)
+            if new is not None:
+                args = new if isinstance(new, tuple) else (new,)
+        try:
+            output = self.forward(*args, **kwargs)
+        except BaseException:
+            for hook in post:
+                if id(hook) in _always_called:
+                    hook(self, args, None)
+            raise
+        for hook in post:
+            new = hook(self, args, output)
+            if new is not None:
+                output = new
+        return output
+
+    def register_forward_pre_hook(self, hook: PreHook) -> RemovableHandle:
+        """Call ``hook(self, args)`` before each ``forward``; it may return new arguments (as PyTorch)."""
+        own = self.__dict__.setdefault("_hooks", ([], []))
+        own[0].append(hook)
+        return RemovableHandle(own[0], hook)
+
+    def register_forward_hook(self, hook: Hook) -> RemovableHandle:
+        """Call ``hook(self, args, output)`` after each ``forward``; it may return a new output (as PyTorch)."""
+        own = self.__dict__.setdefault("_hooks", ([], []))
+        own[1].append(hook)
+        return RemovableHandle(own[1], hook)
 
     # -- registration ---------------------------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
@@ -178,7 +241,7 @@ class Module:
             self.register_parameter(name, value)
         elif params is not None and name in params:
             if value is not None:
-                raise TypeError(
+                raise ArgumentTypeError(
                     f"cannot assign a {type(value).__name__} as parameter {name!r} of {self._get_name()} "
                     "(Parameter or None expected); wrap it: nn.Parameter(tensor)"
                 )
@@ -192,7 +255,7 @@ class Module:
             modules[name] = value
         elif modules is not None and name in modules:
             if value is not None:
-                raise TypeError(
+                raise ArgumentTypeError(
                     f"cannot assign a {type(value).__name__} as child module {name!r} of {self._get_name()} "
                     "(Module or None expected)"
                 )
@@ -224,7 +287,7 @@ class Module:
         if taken or (hasattr(type(self), name) and name not in self._parameters):
             raise KeyError(f"attribute {name!r} already exists on {self._get_name()}")
         if param is not None and not isinstance(param, Parameter):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"cannot register a {type(param).__name__} as parameter {name!r} (Parameter or None expected)"
             )
         self._parameters[name] = param
@@ -233,7 +296,7 @@ class Module:
         """Add the child ``module`` under ``name``; it is called and saved as ``name.*``."""
         _check_name("add_module", "module", self, name)
         if module is not None and not isinstance(module, Module):
-            raise TypeError(f"{type(module).__name__} is not a Module subclass")
+            raise ArgumentTypeError(f"{type(module).__name__} is not a Module subclass")
         taken = name in self.__dict__ or name in self._parameters
         if taken or (hasattr(type(self), name) and name not in self._modules):
             raise KeyError(f"attribute {name!r} already exists on {self._get_name()}")
@@ -358,11 +421,9 @@ class Module:
         """
         name = self._get_name()
         if not isinstance(state_dict, Mapping):
-            raise TypeError(
-                at_user_site(
-                    f"load_state_dict for {name}: expected a dict-like state_dict (name -> tensor), "
-                    f"got {type(state_dict).__name__}"
-                )
+            raise ArgumentTypeError(
+                f"load_state_dict for {name}: expected a dict-like state_dict (name -> tensor), "
+                f"got {type(state_dict).__name__}"
             )
         own = self.state_dict(keep_vars=True)
         missing = [k for k in own if k not in state_dict]
@@ -376,10 +437,8 @@ class Module:
                     wrong_type.append(why)
         if wrong_type:
             raise DTypeError(
-                at_user_site(
-                    f"load_state_dict for {name}: "
-                    + "\n  ".join(["entries of the wrong type (nothing was loaded):", *wrong_type])
-                )
+                f"load_state_dict for {name}: "
+                + "\n  ".join(["entries of the wrong type (nothing was loaded):", *wrong_type])
             )
         mismatched: list[str] = []
         for key, value in entries.items():
@@ -413,7 +472,7 @@ class Module:
                 f"load_state_dict for {name}: "
                 + "\n  ".join(["entries that cannot be converted (nothing was loaded):", *failed])
             )
-        with _autograd.no_grad():
+        with no_grad():
             for key, value in values.items():
                 own[key].copy_(value)
         return IncompatibleKeys(missing, unexpected)
@@ -438,7 +497,7 @@ class Module:
         """
         dt = None if dtype is None else dtype_name(dtype)
         if dt is not None and dt not in FLOAT_DTYPES:
-            raise DTypeError(at_user_site(f"{self._get_name()}.to: parameters must be floating, not {dt}"))
+            raise DTypeError(f"{self._get_name()}.to: parameters must be floating, not {dt}")
         be = None if backend is None else _backends.get(backend)
         for p in self.parameters():
             new_be = be or p._backend
@@ -447,6 +506,7 @@ class Module:
                 continue
             p._data = Tensor2D(p.detach(), dtype=new_dt, backend=new_be)._data
             p._backend = new_be
+            p._mark_changed(f"{self._get_name()}.to()")
             if p.grad is not None:
                 p.grad = Tensor2D(p.grad.detach(), dtype=new_dt, backend=new_be)
         return self
@@ -487,7 +547,7 @@ class Module:
 def _positive_int(owner: str, name: str, value: Any) -> int:
     """``value`` as a positive int, or a TypeError / ArgumentError naming ``owner`` and ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(at_user_site(f"{owner}: {name} must be an int, got {type(value).__name__} {value!r}"))
+        raise ArgumentTypeError(f"{owner}: {name} must be an int, got {type(value).__name__} {value!r}")
     if value < 1:
-        raise ArgumentError(at_user_site(f"{owner}: {name} must be at least 1, got {value}"))
+        raise ArgumentError(f"{owner}: {name} must be at least 1, got {value}")
     return int(value)

@@ -6,7 +6,7 @@ import numbers
 from collections.abc import Mapping, Set
 from typing import Any, ClassVar
 
-from matgrad._errors import ArgumentError, at_user_site
+from matgrad._errors import ArgumentError, ArgumentTypeError
 from matgrad.optim.optimizer import Grads, Optimizer, ParamsT, check_nonnegative
 from matgrad.tensor import _wrap
 
@@ -61,19 +61,17 @@ class Adam(Optimizer):
         if not isinstance(betas, (tuple, list)) and hasattr(betas, "tolist") and getattr(betas, "ndim", None) == 1:
             betas = betas.tolist()  # a NumPy array of two numbers
         if isinstance(betas, (str, bytes, Set, Mapping)) or not isinstance(betas, (tuple, list)):
-            raise TypeError(
-                at_user_site(
-                    f"{name}: betas must be a pair (beta1, beta2) such as (0.9, 0.999), got "
-                    f"{type(betas).__name__} {betas!r:.40}"
-                )
+            raise ArgumentTypeError(
+                f"{name}: betas must be a pair (beta1, beta2) such as (0.9, 0.999), got "
+                f"{type(betas).__name__} {betas!r:.40}"
             )
         if len(betas) != 2:
-            raise ArgumentError(at_user_site(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}"))
+            raise ArgumentError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
         for i, beta in enumerate(betas):
             if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
-                raise TypeError(at_user_site(f"{name}: betas[{i}] must be a number, got {beta!r}"))
+                raise ArgumentTypeError(f"{name}: betas[{i}] must be a number, got {beta!r}")
             if not 0.0 <= float(beta) < 1.0:
-                raise ArgumentError(at_user_site(f"{name}: betas[{i}] must be in [0, 1), got {beta}"))
+                raise ArgumentError(f"{name}: betas[{i}] must be in [0, 1), got {beta}")
         group["betas"] = tuple(betas)
 
     def _step_group(self, group: dict[str, Any], grads: Grads) -> None:

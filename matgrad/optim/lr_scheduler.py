@@ -9,7 +9,7 @@ import math
 import numbers
 from typing import Any
 
-from matgrad._errors import ArgumentError, at_user_site
+from matgrad._errors import ArgumentError, ArgumentTypeError
 from matgrad.optim.optimizer import Optimizer, check_number
 
 __all__ = ["CosineAnnealingLR", "LRScheduler", "StepLR"]
@@ -25,9 +25,9 @@ class LRScheduler:
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
         name = type(self).__name__
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(at_user_site(f"{name}: expected an Optimizer, got {type(optimizer).__name__}"))
+            raise ArgumentTypeError(f"{name}: expected an Optimizer, got {type(optimizer).__name__}")
         if isinstance(last_epoch, bool) or not isinstance(last_epoch, int) or last_epoch < -1:
-            raise ArgumentError(at_user_site(f"{name}: last_epoch must be an int >= -1, got {last_epoch!r}"))
+            raise ArgumentError(f"{name}: last_epoch must be an int >= -1, got {last_epoch!r}")
         self.optimizer = optimizer
         if last_epoch == -1:
             for group in optimizer.param_groups:
@@ -36,10 +36,8 @@ class LRScheduler:
             for i, group in enumerate(optimizer.param_groups):
                 if "initial_lr" not in group:
                     raise ArgumentError(
-                        at_user_site(
-                            f"{name}: resuming at last_epoch={last_epoch} needs 'initial_lr' in param group {i}; "
-                            "load the optimiser's state_dict first"
-                        )
+                        f"{name}: resuming at last_epoch={last_epoch} needs 'initial_lr' in param group {i}; "
+                        "load the optimiser's state_dict first"
                     )
         self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
         self.last_epoch = last_epoch
@@ -74,9 +72,9 @@ class LRScheduler:
 
 def _positive(owner: str, name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(at_user_site(f"{owner}: {name} must be an int, got {value!r}"))
+        raise ArgumentTypeError(f"{owner}: {name} must be an int, got {value!r}")
     if value < 1:
-        raise ArgumentError(at_user_site(f"{owner}: {name} must be at least 1, got {value}"))
+        raise ArgumentError(f"{owner}: {name} must be at least 1, got {value}")
     return int(value)
 
 

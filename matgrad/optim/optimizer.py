@@ -16,12 +16,12 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, Union
 from matgrad import autograd as _autograd
 from matgrad._errors import (
     ArgumentError,
+    ArgumentTypeError,
     BackendError,
     CheckpointError,
     DTypeError,
     MatgradError,
     ShapeError,
-    at_user_site,
 )
 from matgrad.backends.base import FLOAT_DTYPES, Data
 from matgrad.tensor import Tensor2D, _wrap
@@ -62,33 +62,29 @@ class Optimizer:
         # options rarely change between steps, so step() re-checks a group only when they did.
         self._checked: dict[int, tuple[Any, ...]] = {}
         if isinstance(params, Tensor2D):
-            raise TypeError(
-                at_user_site(f"{name}: params must be an iterable of tensors or dicts; wrap the single tensor: [p]")
+            raise ArgumentTypeError(
+                f"{name}: params must be an iterable of tensors or dicts; wrap the single tensor: [p]"
             )
         from matgrad.nn.module import Module  # nn sits above optim's inputs, import lazily
 
         if isinstance(params, Module):
-            raise TypeError(at_user_site(f"{name}: pass model.parameters(), not the model itself"))
+            raise ArgumentTypeError(f"{name}: pass model.parameters(), not the model itself")
         if isinstance(params, (Set, Mapping)):
-            raise TypeError(
-                at_user_site(
-                    f"{name}: params must be an ordered iterable (a list) of tensors or dicts, not a "
-                    f"{type(params).__name__}: a set's order is arbitrary, and the order numbers the parameters "
-                    "in state_dict()"
-                )
+            raise ArgumentTypeError(
+                f"{name}: params must be an ordered iterable (a list) of tensors or dicts, not a "
+                f"{type(params).__name__}: a set's order is arbitrary, and the order numbers the parameters "
+                "in state_dict()"
             )
         try:
             groups: list[Any] = list(params)
         except TypeError:
-            raise TypeError(
-                at_user_site(f"{name}: params must be an iterable of tensors or dicts, got {type(params).__name__}")
+            raise ArgumentTypeError(
+                f"{name}: params must be an iterable of tensors or dicts, got {type(params).__name__}"
             ) from None
         if not groups:
             raise ArgumentError(
-                at_user_site(
-                    f"{name}: got an empty parameter list; pass model.parameters() (a generator can be used "
-                    "only once: was it consumed already?)"
-                )
+                f"{name}: got an empty parameter list; pass model.parameters() (a generator can be used "
+                "only once: was it consumed already?)"
             )
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
@@ -108,37 +104,33 @@ class Optimizer:
         """Add a group: ``{"params": [...], "lr": ..., ...}``; options it omits take the defaults."""
         name = type(self).__name__
         if not isinstance(param_group, dict):
-            raise TypeError(at_user_site(f"{name}: a parameter group must be a dict, got {type(param_group).__name__}"))
+            raise ArgumentTypeError(f"{name}: a parameter group must be a dict, got {type(param_group).__name__}")
         if "params" not in param_group:
-            raise ArgumentError(at_user_site(f"{name}: a parameter group needs a 'params' entry"))
+            raise ArgumentError(f"{name}: a parameter group needs a 'params' entry")
         group = dict(param_group)
         raw = group["params"]
         if isinstance(raw, (Set, Mapping)):
-            raise TypeError(at_user_site(f"{name}: parameters must come in an ordered collection (a list), not a set"))
+            raise ArgumentTypeError(f"{name}: parameters must come in an ordered collection (a list), not a set")
         params: list[Tensor2D] = [raw] if isinstance(raw, Tensor2D) else list(raw)
         if not params:
-            raise ArgumentError(at_user_site(f"{name}: a parameter group has an empty 'params' list"))
+            raise ArgumentError(f"{name}: a parameter group has an empty 'params' list")
         seen: set[int] = set()
         for p in params:
             if not isinstance(p, Tensor2D):
-                raise TypeError(at_user_site(f"{name}: can only optimise Tensor2D parameters, got {type(p).__name__}"))
+                raise ArgumentTypeError(f"{name}: can only optimise Tensor2D parameters, got {type(p).__name__}")
             if not p.is_leaf:
                 raise ArgumentError(
-                    at_user_site(
-                        f"{name}: cannot optimise a non-leaf tensor (the output of {p.op.describe() if p.op else ''}); "
-                        "optimise the leaves it was computed from"
-                    )
+                    f"{name}: cannot optimise a non-leaf tensor (the output of {p.op.describe() if p.op else ''}); "
+                    "optimise the leaves it was computed from"
                 )
             if p.dtype not in FLOAT_DTYPES:
-                raise DTypeError(at_user_site(f"{name}: parameters must be floating, got a {p.dtype} tensor"))
+                raise DTypeError(f"{name}: parameters must be floating, got a {p.dtype} tensor")
             if id(p) in seen:
-                raise ArgumentError(
-                    at_user_site(f"{name}: a {_fmt(p.shape)} parameter is listed twice; pass each parameter once")
-                )
+                raise ArgumentError(f"{name}: a {_fmt(p.shape)} parameter is listed twice; pass each parameter once")
             seen.add(id(p))
         for other in self.param_groups:
             if any(id(q) in seen for q in other["params"]):
-                raise ArgumentError(at_user_site(f"{name}: some parameters appear in more than one parameter group"))
+                raise ArgumentError(f"{name}: some parameters appear in more than one parameter group")
         for key, default in self.defaults.items():
             group.setdefault(key, default)
         self._check_group(group)
@@ -181,6 +173,8 @@ class Optimizer:
             for group, grads in zip(self.param_groups, checked):
                 if grads:
                     self._step_group(group, grads)
+                    for p, _ in grads:  # a graph that saved p before this step can no longer use it
+                        p._mark_changed(f"{type(self).__name__}.step()")
         return loss
 
     def _grad(self, p: Tensor2D) -> Data | None:
@@ -196,10 +190,10 @@ class Optimizer:
                 f"of {what}; gradients must match their parameter (nothing was updated)"
             )
             if gd.shape != p._data.shape:
-                raise ShapeError(at_user_site(message))
+                raise ShapeError(message)
             if g._backend is not p._backend:
-                raise BackendError(at_user_site(message))
-            raise DTypeError(at_user_site(message))
+                raise BackendError(message)
+            raise DTypeError(message)
         return gd
 
     def _state(self, p: Tensor2D) -> dict[str, Any]:
@@ -231,7 +225,7 @@ class Optimizer:
         owner = f"{type(self).__name__}.load_state_dict"
 
         def bad(message: str) -> CheckpointError:
-            return CheckpointError(at_user_site(f"{owner}: {message}"))
+            return CheckpointError(f"{owner}: {message}")
 
         if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
             raise bad("expected a dict with 'state' and 'param_groups' (from state_dict())")
@@ -302,27 +296,21 @@ class Optimizer:
         if value is None and kind == "tensor or None":
             return None
         if not is_array:
-            raise CheckpointError(
-                at_user_site(f"{owner}: state {where} is a {type(value).__name__}; expected a tensor or an array")
-            )
+            raise CheckpointError(f"{owner}: state {where} is a {type(value).__name__}; expected a tensor or an array")
         shape = tuple(value.shape)
         if shape != param.shape:
             raise CheckpointError(
-                at_user_site(
-                    f"{owner}: state {where} is {_fmt(shape)} but its parameter is {_fmt(param.shape)}"
-                    if shape
-                    else f"{owner}: state {where} is a 0-D scalar but its parameter is {_fmt(param.shape)}"
-                )
+                f"{owner}: state {where} is {_fmt(shape)} but its parameter is {_fmt(param.shape)}"
+                if shape
+                else f"{owner}: state {where} is a 0-D scalar but its parameter is {_fmt(param.shape)}"
             )
         kind_code = getattr(getattr(value, "dtype", None), "kind", None)
         if kind_code is not None and kind_code not in "iuf":
-            raise CheckpointError(
-                at_user_site(f"{owner}: state {where} is an array of {value.dtype} values; expected numbers")
-            )
+            raise CheckpointError(f"{owner}: state {where} is an array of {value.dtype} values; expected numbers")
         try:
             return Tensor2D(value, dtype=param.dtype, backend=param._backend)
         except (MatgradError, TypeError, ValueError) as exc:
-            raise CheckpointError(at_user_site(f"{owner}: state {where} cannot be converted: {exc}")) from None
+            raise CheckpointError(f"{owner}: state {where} cannot be converted: {exc}") from None
 
     def __repr__(self) -> str:
         lines = [type(self).__name__ + " ("]
@@ -348,16 +336,14 @@ def _load_count(owner: str, where: str, value: Any) -> int:
         v = v.item() if size == 1 else None
     count = float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else math.nan
     if not (math.isfinite(count) and count >= 0 and count.is_integer()):
-        raise CheckpointError(
-            at_user_site(f"{owner}: state {where} must be a step count (an int >= 0), got {value!r:.40}")
-        )
+        raise CheckpointError(f"{owner}: state {where} must be a step count (an int >= 0), got {value!r:.40}")
     return int(count)
 
 
 def check_number(owner: str, name: str, value: Any) -> float:
     """``value`` as a float, or a TypeError naming ``owner`` and the option."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(at_user_site(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}"))
+        raise ArgumentTypeError(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}")
     return float(value)
 
 
@@ -366,14 +352,14 @@ def check_nonnegative(owner: str, group: Mapping[str, Any], *names: str) -> None
     for name in names:
         value = check_number(owner, name, group[name])
         if not value >= 0.0:
-            raise ArgumentError(at_user_site(f"{owner}: {name} must be >= 0, got {group[name]}"))
+            raise ArgumentError(f"{owner}: {name} must be >= 0, got {group[name]}")
         if not math.isfinite(value):
-            raise ArgumentError(at_user_site(f"{owner}: {name} must be finite, got {group[name]}"))
+            raise ArgumentError(f"{owner}: {name} must be finite, got {group[name]}")
 
 
 def check_finite(owner: str, name: str, value: Any) -> float:
     """``value`` as a finite float: a TypeError for a non-number, an ArgumentError for NaN or Inf."""
     v = check_number(owner, name, value)
     if not math.isfinite(v):
-        raise ArgumentError(at_user_site(f"{owner}: {name} must be finite, got {value}"))
+        raise ArgumentError(f"{owner}: {name} must be finite, got {value}")
     return v

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from matgrad._errors import ArgumentError, at_user_site
+from matgrad._errors import ArgumentError
 from matgrad.optim.optimizer import Grads, Optimizer, ParamsT, check_finite, check_nonnegative
 from matgrad.tensor import _wrap
 
@@ -46,10 +46,8 @@ class SGD(Optimizer):
         check_finite("SGD", "dampening", group["dampening"])
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ArgumentError(
-                at_user_site(
-                    "SGD: nesterov=True needs momentum > 0 and dampening = 0, got "
-                    f"momentum={group['momentum']}, dampening={group['dampening']}"
-                )
+                "SGD: nesterov=True needs momentum > 0 and dampening = 0, got "
+                f"momentum={group['momentum']}, dampening={group['dampening']}"
             )
 
     def _step_group(self, group: dict[str, Any], grads: Grads) -> None:

@@ -28,8 +28,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import graphviz
 
-from matgrad import autograd as _autograd
-from matgrad._errors import ArgumentError, GraphError, MatgradError
+from matgrad._errors import ArgumentError, ArgumentTypeError, GraphError, MatgradError
+from matgrad.autograd import engine as _engine
+from matgrad.autograd.grad_mode import enable_grad
 from matgrad.creation import ones_like
 from matgrad.functional import cross_entropy
 from matgrad.tensor import Tensor2D
@@ -108,7 +109,9 @@ def _gc_paused() -> Iterator[None]:
 def _as_roots(root: Any, where: str) -> list[Tensor2D]:
     roots = [root] if isinstance(root, Tensor2D) else list(root) if isinstance(root, (list, tuple)) else None
     if not roots or not all(isinstance(r, Tensor2D) for r in roots):
-        raise TypeError(f"{where}: root must be a Tensor2D or a non-empty list of them, got {type(root).__name__}")
+        raise ArgumentTypeError(
+            f"{where}: root must be a Tensor2D or a non-empty list of them, got {type(root).__name__}"
+        )
     return roots
 
 
@@ -126,12 +129,12 @@ def _param_names(params: Any, where: str = "draw_graph") -> list[tuple[str, Tens
     elif isinstance(params, Mapping):
         pairs = list(params.items())
     elif isinstance(params, (str, bytes)) or not hasattr(params, "__iter__"):
-        raise TypeError(f"{where}: params must be {expected}; got {type(params).__name__} {params!r:.60}")
+        raise ArgumentTypeError(f"{where}: params must be {expected}; got {type(params).__name__} {params!r:.60}")
     else:
         pairs = list(params)
     for pair in pairs:
         if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], Tensor2D)):
-            raise TypeError(f"{where}: params must be {expected}; found {pair!r:.60}")
+            raise ArgumentTypeError(f"{where}: params must be {expected}; found {pair!r:.60}")
     return [(str(n), t) for n, t in pairs]
 
 
@@ -145,7 +148,9 @@ def _check_limit(where: str, name: str, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {name} must be a positive int or None, got {type(value).__name__} {value!r:.40}")
+        raise ArgumentTypeError(
+            f"{where}: {name} must be a positive int or None, got {type(value).__name__} {value!r:.40}"
+        )
     if value < 1:
         raise ArgumentError(f"{where}: {name} must be a positive int or None, got {value!r}")
 
@@ -637,7 +642,7 @@ def _gradient_plan(roots: list[Tensor2D], params: Any) -> _Plan:
             "gradient graph; create the leaves with requires_grad=True"
         )
     seeds: list[Tensor2D | None] = [None if r.shape == (1, 1) else ones_like(r) for r in outs]
-    grads = _autograd.grad(outs, leaves, grad_outputs=seeds, retain_graph=True, create_graph=True, allow_unused=True)
+    grads = _engine.grad(outs, leaves, grad_outputs=seeds, retain_graph=True, create_graph=True, allow_unused=True)
     names = _plan(roots, params)
     new_roots, root_names = [], []
     for leaf, g in zip(leaves, grads):
@@ -730,7 +735,7 @@ def render_graph(root: Roots | graphviz.Digraph, path: str | os.PathLike[str], *
     install Graphviz.
     """
     if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"render_graph: path must be a file name such as 'graph.svg' (a str or pathlib.Path), "
             f"got {type(path).__name__} {path!r:.40}"
         )
@@ -740,7 +745,9 @@ def render_graph(root: Roots | graphviz.Digraph, path: str | os.PathLike[str], *
         raise ArgumentError(f"render_graph: cannot render {target.name!r}; name a .svg, .png, .pdf or .dot file")
     if isinstance(root, graphviz.Digraph):
         if draw_kwargs:
-            raise TypeError(f"render_graph: drawing options ({', '.join(draw_kwargs)}) need a tensor, not a Digraph")
+            raise ArgumentTypeError(
+                f"render_graph: drawing options ({', '.join(draw_kwargs)}) need a tensor, not a Digraph"
+            )
         dot = root
     else:
         dot = draw_graph(root, **draw_kwargs)
@@ -772,16 +779,16 @@ def draw_model_graph(model: Any, x: Tensor2D, y: Any, *, grad: bool = True, **dr
     Other keyword arguments go to ``draw_graph`` (``params`` defaults to ``model``).
     """
     if not callable(model) or not _is_module(model):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"draw_model_graph: model must be a Module (callable, with named_parameters), got {type(model).__name__}"
         )
     if not isinstance(x, Tensor2D):
-        raise TypeError(f"draw_model_graph: x must be a Tensor2D batch, got {type(x).__name__}")
+        raise ArgumentTypeError(f"draw_model_graph: x must be a Tensor2D batch, got {type(x).__name__}")
     if not x.requires_grad:
         name = x.name or "x"
         x = x.detach()  # a new leaf we may name, sharing the data
         x.name = name
-    with _autograd.enable_grad():
+    with enable_grad():
         loss = cross_entropy(model(x), y)
     loss.name = "loss"
     draw_kwargs.setdefault("params", model)
