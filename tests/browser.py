@@ -25,6 +25,7 @@ to skip the browser tests on a machine without them (the ``browser`` fixture in 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import http.server
@@ -66,7 +67,11 @@ def find_chromium() -> tuple[str, str]:
         (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
     )
     driver = os.environ.get("MATGRAD_CHROMEDRIVER") or shutil.which("chromedriver")
-    missing = [name for name, path in (("chromium", chromium), ("chromedriver", driver)) if not path]
+    missing = [
+        name
+        for name, path in (("chromium", chromium), ("chromedriver", driver))
+        if not path or not os.access(path, os.X_OK)
+    ]
     if missing:
         raise BrowserUnavailable(
             f"{' and '.join(missing)} not found: apt-get install chromium chromium-driver "
@@ -120,7 +125,7 @@ class _RefuseHandler(socketserver.StreamRequestHandler):
 class Browser:
     """One headless Chromium with a fresh profile; see the module docstring."""
 
-    def __init__(self, width: int = 1280, height: int = 1000) -> None:
+    def __init__(self, width: int = 1280, height: int = 1000, scale: float = 1.0) -> None:
         chromium, driver_path = find_chromium()
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -152,7 +157,7 @@ class Browser:
             "--no-pings",
             "--password-store=basic",
             "--hide-scrollbars",
-            "--force-device-scale-factor=1",
+            f"--force-device-scale-factor={scale}",
             "--lang=en-US",
             f"--window-size={width},{height}",
             f"--user-data-dir={self._profile}",
@@ -200,17 +205,29 @@ class Browser:
 
         self.driver.find_element(By.CSS_SELECTOR, css).click()
 
-    def screenshot(self, path: str | os.PathLike[str], css: str | None = None) -> Path:
-        """A PNG of the window, or of the first element matching ``css``."""
+    def screenshot(
+        self,
+        path: str | os.PathLike[str],
+        css: str | None = None,
+        clip: tuple[float, float, float, float] | None = None,
+    ) -> Path:
+        """A PNG of the window, of the first element matching ``css``, or of the page region
+        ``clip`` = (x, y, width, height) in CSS pixels from the top left of the document."""
         from selenium.webdriver.common.by import By
 
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        png = (
-            self.driver.find_element(By.CSS_SELECTOR, css).screenshot_as_png
-            if css
-            else self.driver.get_screenshot_as_png()
-        )
+        if clip is not None:
+            x, y, width, height = clip
+            region = {"x": x, "y": y, "width": width, "height": height, "scale": 1}
+            shot = self.driver.execute_cdp_cmd(
+                "Page.captureScreenshot", {"format": "png", "clip": region, "captureBeyondViewport": True}
+            )
+            png = base64.b64decode(shot["data"])
+        elif css:
+            png = self.driver.find_element(By.CSS_SELECTOR, css).screenshot_as_png
+        else:
+            png = self.driver.get_screenshot_as_png()
         out.write_bytes(png)
         return out
 

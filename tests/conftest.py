@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from browser import NO_BROWSER_ENV, Browser, BrowserUnavailable
 from hypothesis import HealthCheck, settings
 
 import matgrad
@@ -76,16 +77,17 @@ def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
+def browser() -> Iterator[Browser]:
     """One headless Chromium for the session (tests/browser.py): missing Chromium fails the test,
     unless MATGRAD_NO_BROWSER=1 says to skip browser tests on this machine."""
-    from browser import NO_BROWSER_ENV, Browser, BrowserUnavailable
-
     if os.environ.get(NO_BROWSER_ENV) == "1":
         pytest.skip(f"{NO_BROWSER_ENV}=1: browser tests skipped")
     try:
         instance = Browser()
     except BrowserUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield instance
-    instance.close()
+        missing = str(exc)
+    else:
+        yield instance
+        instance.close()
+        return
+    pytest.fail(missing, pytrace=False)

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
-from browser import is_local, serve
+from browser import Browser, is_local, serve
 
 from matgrad._mathml import latex_to_mathml
 
@@ -150,7 +149,7 @@ return {
 """
 
 
-def check_offline_maths(browser: Any, url: str, page: Path) -> None:
+def check_offline_maths(browser: Browser, url: str, page: Path) -> None:
     browser.open(url)
     source = formulas(page.read_text(encoding="utf-8"))
     maths = browser.run_js(_MATHS, MATH_FONT)
@@ -170,13 +169,13 @@ def check_offline_maths(browser: Any, url: str, page: Path) -> None:
 
 
 @pytest.mark.parametrize("name", BROWSER_PAGES)
-def test_maths_renders_offline_from_the_file_system(built_site: Path, browser: Any, name: str) -> None:
+def test_maths_renders_offline_from_the_file_system(built_site: Path, browser: Browser, name: str) -> None:
     page = DOCS / name
     check_offline_maths(browser, built_page(built_site, page).as_uri(), page)
 
 
 @pytest.mark.parametrize("name", BROWSER_PAGES)
-def test_maths_renders_offline_from_a_local_server(built_site: Path, browser: Any, name: str) -> None:
+def test_maths_renders_offline_from_a_local_server(built_site: Path, browser: Browser, name: str) -> None:
     # As `mkdocs serve` on a train: search's web worker and its index load too.
     page = DOCS / name
     with serve(built_site) as base:
@@ -186,7 +185,7 @@ def test_maths_renders_offline_from_a_local_server(built_site: Path, browser: An
         assert browser.external() == [] and browser.console_errors() == []
 
 
-def test_the_offline_check_catches_a_cdn(tmp_path: Path, browser: Any) -> None:
+def test_the_offline_check_catches_a_cdn(tmp_path: Path, browser: Browser) -> None:
     # The page of before: MathJax and Google Fonts from CDNs, and a worker that fetches.
     page = tmp_path / "cdn.html"
     page.write_text(
