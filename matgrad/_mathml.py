@@ -5,21 +5,24 @@ writes call :func:`latex_to_mathml`. Browsers draw MathML natively (Chromium 109
 Safari); with a math font that has an OpenType MATH table (the docs ship Latin Modern Math) sums,
 fractions and accents come out as in TeX.
 
-latex2mathml does the parsing; this module repairs what it emits for MathML Core, the subset
-that Chromium implements, and refuses what it cannot render instead of showing raw LaTeX:
+latex2mathml does the parsing. What it emits is repaired where Chromium (MathML Core) would
+draw it unlike TeX, each repair seen in a screenshot and pinned by tests/test_mathml.py:
 
-* ``\\operatorname{name}`` and ``\\max`` come out as operators (``<mo>``), which puts operator
-  spacing around them (``softmax (A)``); they become function names (``<mi>``) with TeX's thin
-  space before an operand that is not a bracket.
-* ``\\mathbf 1`` and other ``mathvariant`` styles are ignored by Chromium on ``<mi>``/``<mn>``;
-  the characters become Unicode's mathematical alphanumerics (U+1D7CF for a bold 1).
-* ``\\bar X`` and the other accents get ``accent="true"`` and characters that math fonts draw as
-  accents (U+02C9 for the bar: U+00AF has no glyph in Latin Modern Math, and the bar vanished).
-* ``/`` gets no space around it, as in TeX (``∂L/∂T``, not ``∂L / ∂T``).
-* Named and negative ``mspace`` widths, which MathML Core does not know, become ems or go.
-* ``\\text{in\\_features}`` keeps the escaped underscore literally; it is unescaped.
-* Unknown commands (``<mi>\\foo</mi>``), ``&`` alignment and ``\\\\`` line breaks (Chromium
-  has no line breaking in MathML) raise ``ValueError`` naming the formula.
+* function names (``\\max``, ``\\operatorname{softmax}``) come out as operators, spaced like
+  ``softmax (A)``: they become names, with TeX's thin space before an operand that is not a bracket;
+* ``mathvariant`` (``\\mathbf 1``) is ignored on letters and digits: they become Unicode's
+  mathematical alphanumerics (U+1D7CF, a bold 1);
+* ``\\bar X`` vanished (Latin Modern Math has no U+00AF accent): accents become ``accent="true"``
+  with the characters math fonts draw as accents (U+02C9);
+* spacing as in TeX: ``∂L/∂T`` (not ``∂ L / ∂ T``), ``= -G`` (unary minus), ``e^{-|x|}``,
+  ``\\mathrel{+}=`` as one relation; ``\\left(`` keeps its normal size around a flat row, as
+  TeX's delimiter shortfall does; ``\\sum_i`` takes its limits below in display maths;
+* named and negative ``mspace`` widths, unknown to MathML Core, become ems or go;
+  ``\\text{in\\_features}`` loses the backslash.
+
+What it cannot draw raises ``ValueError`` naming the formula, instead of showing raw LaTeX: an
+unknown command (latex2mathml passes ``\\foo`` through as text), ``&`` alignment and ``\\\\`` line
+breaks (MathML Core has no line breaking), maths inside ``\\text``.
 """
 
 from __future__ import annotations
@@ -304,13 +307,17 @@ def _is_function_name(element: ET.Element) -> bool:
     return element.tag == "mi" and element.text is not None and _FUNCTION_NAME.fullmatch(element.text) is not None
 
 
-def _opens_with_bracket(element: ET.Element) -> bool:
+_OPENING = {"(", "[", "{", "\u27e8", "\u230a", "\u2308", "|", "\u2016"}
+
+
+def _leftmost(element: ET.Element) -> ET.Element:
     while element.tag == "mrow" and len(element):
         element = element[0]
-    return element.tag == "mo"
+    return element
 
 
 def _space_function_names(parent: ET.Element) -> None:
+    """``\\log A`` -> log, function application, thin space, A; ``\\log(A)``: no space; ``offset mod n``: none."""
     children = list(parent)
     out: list[ET.Element] = []
     for i, child in enumerate(children):
@@ -318,10 +325,13 @@ def _space_function_names(parent: ET.Element) -> None:
         following = children[i + 1] if i + 1 < len(children) else None
         if following is None or not _is_function_name(child):
             continue
+        first = _leftmost(following)
+        if first.tag == "mo" and first.text not in _OPENING:
+            continue  # an operator follows (mod, /, =): it brings its own spacing
         apply = ET.Element("mo")
         apply.text = _FUNCTION_APPLICATION
         out.append(apply)
-        if not _opens_with_bracket(following):  # TeX: \log A has a thin space, \log(A) none
+        if first.tag != "mo":
             out.append(ET.Element("mspace", width=_THIN_SPACE))
     if len(out) != len(children):
         for old in children:

@@ -47,6 +47,7 @@ def test_a_math_element_with_the_source_as_annotation() -> None:
         (r"\operatorname{softmax}(A)", ["<mi>softmax</mi>"], ["<mo>softmax</mo>"]),
         (r"\operatorname{log\_softmax}(A)", ["<mi>log_softmax</mi>"], ["<mo />", "<mi>l</mi>"]),
         (r"j = i \bmod n", ["<mo>mod</mo>"], []),
+        (r"\operatorname{offset} \bmod n", ["<mi>offset</mi><mo>mod</mo>"], ["mspace"]),
         # styles as Unicode mathematical alphanumerics, which Chromium draws (it ignores mathvariant)
         (r"\mathbf 1_m", ["<mn>\U0001d7cf</mn>"], ["mathvariant"]),
         (r"\mathbf{W} \boldsymbol{x}", ["<mi>\U0001d416</mi>", "<mi>\U0001d499</mi>"], ["mathvariant"]),
