@@ -24,7 +24,7 @@ from matgrad._errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeE
 from matgrad.autograd.grad_mode import state as _state
 from matgrad.autograd.graph import Op
 from matgrad.backends.base import FLOAT_DTYPES, Backend, Data, Index
-from matgrad.tensor import Tensor2D, _wrap, check_size, dtype_name, get_default_dtype
+from matgrad.tensor import Tensor2D, _wrap, check_size, dtype_name, get_default_dtype, require_int64_range
 
 __all__ = [
     "abs",
@@ -687,8 +687,8 @@ def to(a: Tensor2D, dtype: Any = None, backend: str | Backend | None = None) -> 
     be = a._backend if backend is None else _backends.get(backend)
     if dt == a.dtype and be is a._backend:
         return a
-    if dt == "int64" and a.dtype != "int64" and not a._backend.all_finite(a._data):
-        raise DTypeError("to(int64): cannot convert NaN or Inf to int64")
+    if dt == "int64" and a.dtype != "int64":
+        require_int64_range(a._backend, a._data, "to(int64)")
     op = To(dt, be)
     if dt == "int64" or a.dtype == "int64":  # integers carry no gradient
         return _wrap(op.forward(a._backend, a._data), be)

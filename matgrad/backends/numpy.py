@@ -125,6 +125,8 @@ class NumpyBackend(Backend):
         a[...] = b
 
     def axpy(self, a: Any, b: Any, alpha: float) -> None:
+        if a.dtype.kind == "i":  # an integer alpha (checked upstream): int64 arithmetic, wrapping
+            alpha = int(alpha)
         if alpha == 1.0:
             a += b
         elif alpha == -1.0:
