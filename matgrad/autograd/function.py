@@ -214,9 +214,9 @@ _op_classes: dict[type, type[FunctionOp]] = {}
 
 def _op_class(fn: type[Function]) -> type[FunctionOp]:
     cls = _op_classes.get(fn)
-    if cls is None:
-        cls = type(fn.__name__, (FunctionOp,), {"name": fn.__name__, "__module__": fn.__module__, "fn_class": fn})
-        _op_classes[fn] = cls
+    if cls is None:  # setdefault: two threads making it at once keep one class
+        made = type(fn.__name__, (FunctionOp,), {"name": fn.__name__, "__module__": fn.__module__, "fn_class": fn})
+        cls = _op_classes.setdefault(fn, made)
     return cls
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 
 from matgrad._errors import ArgumentError, ArgumentTypeError, BackendError
 from matgrad.backends.base import DTYPES, FLOAT_DTYPES, Backend
@@ -28,6 +29,9 @@ NAMES = ("numpy", "python")
 _instances: dict[str, Backend] = {}
 _default: Backend | None = None
 _seed = 0
+# Backends are per-process singletons: two threads asking for a new one at once must get the
+# same object (tensors compare backends by identity). Held only while creating one.
+_lock = threading.RLock()
 
 
 def _numpy_installed() -> bool:
@@ -73,20 +77,26 @@ def get(name: str | Backend | None = None) -> Backend:
         )
     backend = _instances.get(name)
     if backend is None:
-        backend = _instances[name] = _create(name)
+        with _lock:
+            backend = _instances.get(name)
+            if backend is None:
+                backend = _instances[name] = _create(name)
     return backend
 
 
 def _resolve_default() -> Backend:
     global _default
-    env = os.environ.get("MATGRAD_BACKEND", "").strip()
-    if env:
-        if env not in NAMES:
-            raise BackendError(f"MATGRAD_BACKEND={env!r} is not a backend; set it to 'numpy' or 'python'")
-        _default = get(env)
-    else:
-        _default = get("numpy" if _numpy_installed() else "python")
-    return _default
+    with _lock:
+        if _default is not None:
+            return _default
+        env = os.environ.get("MATGRAD_BACKEND", "").strip()
+        if env:
+            if env not in NAMES:
+                raise BackendError(f"MATGRAD_BACKEND={env!r} is not a backend; set it to 'numpy' or 'python'")
+            _default = get(env)
+        else:
+            _default = get("numpy" if _numpy_installed() else "python")
+        return _default
 
 
 def set_backend(name: str) -> None:
@@ -112,6 +122,7 @@ def manual_seed(seed: int) -> None:
         raise ArgumentTypeError(f"manual_seed: seed must be an int, got {type(seed).__name__}")
     if not 0 <= seed < 2**64:
         raise ArgumentError(f"manual_seed: seed must be in 0 .. 2**64 - 1, got {seed}")
-    _seed = seed
-    for backend in _instances.values():
-        backend.seed(seed)
+    with _lock:
+        _seed = seed
+        for backend in list(_instances.values()):
+            backend.seed(seed)

@@ -205,7 +205,9 @@ class NumpyBackend(Backend):
         """The (n, 1) column 0, 1, ..., n-1, cached: it pairs each row with its target."""
         rows = self._row_index.get(n)
         if rows is None:
-            rows = self._row_index[n] = self.xp.arange(n).reshape(n, 1)
+            rows = self.xp.arange(n).reshape(n, 1)
+            rows.flags.writeable = False  # shared by every call (and thread): never written
+            rows = self._row_index.setdefault(n, rows)
         return rows
 
     # Tiny arrays: each NumPy call costs more than the arithmetic, so these use as few as possible.
