@@ -344,10 +344,14 @@ def mse_loss(input: Tensor2D, target: Tensor2D, reduction: str = "mean") -> Tens
 
 
 class BCEWithLogits(Op):
-    """``L = max(x, 0) - x y + log(1 + exp(-|x|))``;  ``dx = G (sigmoid(x) - y)``,  ``dy = -G x``.
+    """``L = y softplus(-x) + (1 - y) softplus(x)``;  ``dx = G (sigmoid(x) - y)``,  ``dy = -G x``.
 
     A fused op on purpose: composed from relu, abs and log1p, the gradient at x = 0 comes out as
-    ``-y`` instead of ``0.5 - y`` (relu and abs both have slope 0 there).
+    ``-y`` instead of ``0.5 - y`` (relu and abs both have slope 0 there). ``softplus(z)`` is
+    ``max(z, 0) + log1p(exp(-|z|))``; a term whose weight (``y`` or ``1 - y``) is exactly 0 adds
+    nothing, so an infinite logit gives the limit (0 for a matching target, +inf otherwise)
+    rather than ``0 * inf`` or ``inf - inf`` (the usual ``max(x, 0) - x y + ...`` gives NaN at
+    x = +inf, y = 0; PyTorch's gives NaN at x = -inf, y = 1).
     """
 
     name = "binary_cross_entropy_with_logits"
@@ -358,8 +362,12 @@ class BCEWithLogits(Op):
         return "bce_with_logits"
 
     def forward(self, be: Backend, x: Data, y: Data) -> Data:
-        soft = be.unary("log1p", be.unary("exp", be.unary("neg", be.unary("abs", x))))
-        return be.add(be.sub(be.maximum(x, 0.0), be.mul(x, y)), soft)
+        tail = be.unary("log1p", be.unary("exp", be.unary("neg", be.unary("abs", x))))
+        below = be.add(be.maximum(be.unary("neg", x), 0.0), tail)  # softplus(-x) = -log sigmoid(x)
+        above = be.add(be.maximum(x, 0.0), tail)  # softplus(x) = -log(1 - sigmoid(x))
+        pos = be.where(be.compare("eq", y, 0.0), 0.0, be.mul(y, below))
+        neg = be.where(be.compare("eq", y, 1.0), 0.0, be.mul(be.sub(1.0, y), above))
+        return be.add(pos, neg)
 
     def backward(self, grad: Tensor2D, x: Tensor2D, y: Tensor2D) -> tuple[Tensor2D | None, ...]:
         need_x, need_y = self.needs_input_grad

@@ -279,12 +279,14 @@ class Pow(Op):
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         p = self.exponent
-        if p == 0:
-            return (grad * 0.0 if _recording() else _wrap(a._backend.full(*a.shape, 0.0, a.dtype), a._backend),)
+        if p == 0:  # a constant zero, also under create_graph (grad * 0 would be NaN for an infinite G)
+            return (_wrap(a._backend.full(*a.shape, 0.0, a.dtype), a._backend),)
         if p == 1:
             return (grad,)
         if p == 2:
             return (grad * (a * 2.0),)
+        if p == 0.5:  # sqrt's rule, G / (2 sqrt(A)): NaN where the output is (A = -inf), as PyTorch
+            return (grad / (a**0.5 * 2.0),)
         return (grad * (p * a ** (p - 1)),)
 
 
@@ -343,7 +345,7 @@ class Abs(Op):
 
 
 class ReLU(Op):
-    """``C = max(A, 0)``;  ``dA = where(A > 0, G, 0)`` (0 at A = 0, as PyTorch)."""
+    """``C = max(A, 0)``;  ``dA = where(A <= 0, 0, G)`` (0 at A = 0; ``G`` at a NaN, as PyTorch)."""
 
     saves = (0,)
 
@@ -351,7 +353,13 @@ class ReLU(Op):
         return be.maximum(a, 0.0)
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
-        return (_select(a._backend.compare("gt", a._data, 0.0), grad),)
+        # "not A <= 0" rather than "A > 0": a NaN input passes its gradient on (the output is NaN
+        # too), as PyTorch's threshold_backward, instead of silently dropping it.
+        be = a._backend
+        closed = be.compare("le", a._data, 0.0)
+        if not _recording():
+            return (_wrap(be.where(closed, 0.0, grad._data), be),)
+        return (Where()(_wrap(closed, be), 0.0, grad),)
 
 
 class LeakyReLU(Op):
@@ -976,7 +984,8 @@ class _Extreme(Op):
 
     ``dA = where(M, G / count(M), 0)`` where ``M`` marks the elements equal to the result: ties
     share the gradient equally (as ``torch.amax``), so the rule is symmetric and gradchecks
-    cleanly; the others get exactly 0, even from an infinite ``G`` (as ``torch.max``).
+    cleanly; the others get exactly 0, even from an infinite ``G`` (``torch.amax``: NaN). A line
+    holding a NaN (its result is NaN, nothing equals it) gets NaN throughout, as ``torch.amax``.
     """
 
     __slots__ = ("axis",)
@@ -992,11 +1001,16 @@ class _Extreme(Op):
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         be = a._backend
-        hits = be.compare("eq", a._data, self.output._data)
+        out = self.output._data
+        hits = be.compare("eq", a._data, out)
         count = be.sum(hits, self.axis)
+        # A line whose result is NaN (it holds a NaN) has no hit: its gradient is NaN, as
+        # torch.amax's, not a silent 0 (then count is 0, and "else" gives G / 0 * 0 = NaN).
+        other: Any = 0.0 if be.all_finite(out) else be.where(be.compare("eq", count, 0.0), math.nan, 0.0)
         if not _recording():
-            return (_wrap(be.where(hits, be.div(grad._data, count), 0.0), be),)
-        return (Where()(_wrap(hits, be), grad / _wrap(count, be), 0.0),)
+            return (_wrap(be.where(hits, be.div(grad._data, count), other), be),)
+        rest = other if isinstance(other, float) else _wrap(other, be)
+        return (Where()(_wrap(hits, be), grad / _wrap(count, be), rest),)
 
 
 class Max(_Extreme):
@@ -1068,8 +1082,12 @@ class LogSumExp(Op):
         self.axis = axis
 
     def forward(self, be: Backend, a: Data) -> Data:
-        _, top, log_total = _shifted(be, a, self.axis)
-        return be.add(log_total, top)
+        top = be.max(a, self.axis)
+        # An infinite maximum is not subtracted (as PyTorch): inf - inf would turn a line holding
+        # +inf into NaN, where its log-sum-exp is +inf (and a line of -inf gives -inf).
+        top = be.where(be.compare("eq", be.unary("abs", top), math.inf), 0.0, top)
+        total = be.sum(be.unary("exp", be.sub(a, top)), self.axis)
+        return be.add(be.unary("log", total), top)
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         # softmax(a), not exp(a - C): C is rounded, and at |a| ~ 1e4 in float32 that costs 4 digits

@@ -209,7 +209,8 @@ class Backend(ABC):
     def softmax_xent_grad(self, probs: Data, targets: Data, scale: Operand) -> Data:
         """``(probs - onehot(targets)) * scale``: the gradient of the losses w.r.t. the logits.
 
-        ``scale`` is a number or an (n, 1) column.
+        ``scale`` is a number or an (n, 1) column. Subtract first, then scale: written
+        ``probs * scale - scale`` an infinite scale gives inf - inf = NaN at the target.
         """
 
     # -- reductions ---------------------------------------------------------------------------

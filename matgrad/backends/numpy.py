@@ -227,8 +227,11 @@ class NumpyBackend(Backend):
         return losses, z
 
     def softmax_xent_grad(self, probs: Any, targets: Any, scale: Operand) -> Any:
-        out = probs * scale
-        out[self._rows(probs.shape[0]), targets] -= scale
+        # (probs - onehot) * scale, in that order: probs * scale - scale is inf - inf = NaN at the
+        # target for an infinite scale, where the gradient is (p - 1) * inf = -inf.
+        out = probs.copy()
+        out[self._rows(probs.shape[0]), targets] -= 1.0
+        out *= scale
         return out
 
     def transpose(self, a: Any) -> Any:

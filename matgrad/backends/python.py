@@ -491,6 +491,8 @@ class PythonBackend(Backend):
         return self._binary("div", a, b)
 
     def pow(self, a: Operand, b: Operand) -> Matrix:
+        if b == 0.5 and isinstance(a, Matrix):  # NumPy computes x ** 0.5 as sqrt(x): NaN at -inf, -0 at -0
+            return self.unary("sqrt", a)
         return self._binary("pow", a, b)
 
     def maximum(self, a: Operand, b: Operand) -> Matrix:
