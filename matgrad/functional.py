@@ -130,7 +130,7 @@ def _target_column(name: str, targets: Any, n: int, c: int, be: Backend) -> Any:
     """Class indices for ``n`` rows of ``c`` classes as a native int64 (n, 1) matrix on ``be``.
 
     Checked for type and length; lists are also checked for range (a tensor's range is checked
-    by the caller, or by the fused kernel as it gathers).
+    by the caller, or by the fused kernel as it gathers). Always new storage, never the caller's.
     """
     wanted = f"{n} rows of {n}x{c} logits need {n} class indices (an int64 {n}x1 column or a list of {n} ints)"
     if isinstance(targets, Tensor2D):
@@ -144,8 +144,10 @@ def _target_column(name: str, targets: Any, n: int, c: int, be: Backend) -> Any:
                 f"{name}: targets live on {targets.backend}, the logits on {be.name}; move one with .to()"
             )
         shape = targets._data.shape
+        # A copy: the loss's backward reads the classes, and the caller may refill the tensor in
+        # place (a reused batch buffer) before calling backward.
         if shape == (n, 1):
-            return targets._data
+            return be.copy(targets._data)
         if shape != (1, n):
             raise ShapeError(f"{name}: {wanted}, got {_fmt(shape)}")
         return be.transpose(targets._data)

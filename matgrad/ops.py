@@ -553,10 +553,13 @@ def matmul(a: Tensor2D, b: Tensor2D) -> Tensor2D:
 
 
 class Transpose(Op):
-    """``C = A.T``;  ``dA = G.T``."""
+    """``C = A.T``;  ``dA = G.T``.
+
+    Always a copy in its own storage (row-major storage cannot hold a transpose as a view; PyTorch's
+    ``.T`` is one), on both backends alike.
+    """
 
     float_only = False
-    views = True
 
     def forward(self, be: Backend, a: Data) -> Data:
         return be.transpose(a)

@@ -235,7 +235,11 @@ class NumpyBackend(Backend):
         return out
 
     def transpose(self, a: Any) -> Any:
-        return self.xp.ascontiguousarray(a.T)
+        out = self.xp.ascontiguousarray(a.T)
+        # A row's or a column's transpose is already contiguous, and ascontiguousarray returns the
+        # view itself: copy it, so that a transpose never shares storage, as on the python backend
+        # (an in-place change of the input would otherwise show through on one backend only).
+        return out.copy() if out.base is not None else out
 
     def reshape(self, a: Any, nrows: int, ncols: int) -> Any:
         return a.reshape(nrows, ncols)
