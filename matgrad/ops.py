@@ -262,7 +262,9 @@ class Pow(Op):
     """``C = A ** p`` for a constant ``p``;  ``dA = G * p * A ** (p - 1)`` (0 for ``p = 0``, ``G`` for ``p = 1``).
 
     ``p = 0`` and ``p = 1`` are special-cased: written as the general rule, ``0 * 0 ** -1`` is
-    ``0 * inf = nan`` at ``A = 0``, where the derivative of a constant is 0 (PyTorch: 0).
+    ``0 * inf = nan`` at ``A = 0``, where the derivative of a constant is 0 (PyTorch: 0), also
+    for an infinite ``G`` and under ``create_graph``. ``p = 0.5`` uses sqrt's rule ``G / (2 C)``:
+    NumPy computes ``A ** 0.5`` as ``sqrt(A)`` (NaN at -inf), and the rule must be NaN there too.
     """
 
     __slots__ = ("exponent",)
