@@ -149,9 +149,7 @@ class Op(metaclass=_OpMeta):
 
     def __call__(self, *args: Any) -> Tensor2D:
         """Apply the op: check the operands as declared, run ``forward``, record the result."""
-        from matgrad import _checks  # bound at first call: _checks imports this module
-
-        inputs = _checks.operands(self, args)
+        inputs = _operands(self, args)
         if self._has_check:
             self.check(*inputs)
         be = inputs[0]._backend
@@ -213,6 +211,15 @@ class Op(metaclass=_OpMeta):
 _object_new = object.__new__
 
 
+def _operands(op: Op, args: tuple[Any, ...]) -> tuple[Tensor2D, ...]:
+    """``_checks.operands``, bound on first use (``_checks`` imports this module); then replaced by it."""
+    global _operands
+    from matgrad._checks import operands
+
+    _operands = operands  # a function-level import runs the import machinery on every call (~1.5 us)
+    return operands(op, args)
+
+
 def record(op: Op, data: Data, backend: Backend, inputs: tuple[Tensor2D, ...]) -> Tensor2D:
     """Wrap ``data`` as the output of ``op``; link it into the graph when grad mode is on."""
     out = _wrap(data, backend)
@@ -230,9 +237,9 @@ def record(op: Op, data: Data, backend: Backend, inputs: tuple[Tensor2D, ...]) -
             op.seq = next(_sequence)
             if op.saves_output:
                 op._out = weakref.ref(out)
-                op.versions = (*[_version(inputs[i]) for i in op.saves], _version(out))
-            elif op.saves:
-                op.versions = tuple([_version(inputs[i]) for i in op.saves])
+                op.versions = (*[_version(inputs[i]) for i in op.saves], 0)  # out is new: version 0
+            elif op.saves:  # _version inlined: this runs for most ops
+                op.versions = tuple([0 if (vc := inputs[i]._vc) is None else vc.count for i in op.saves])
             if debug.on or st.anomaly:
                 op.site = user_site()
             if _record_hooks:
