@@ -427,7 +427,7 @@ TABLE: list[Edge] = [
         "where",
         _where_fn,
         _where_ref,
-        [[row(["1", "-1"] * 8)[0:1], row([*EDGES, "0"]), row([*reversed(EDGES), "1"])]],
+        [[row(["1", "-1"] * 8), row([*EDGES, "0"]), row([*reversed(EDGES), "1"])]],
         grads=(1, 2),
     ),
     # element-wise unary
