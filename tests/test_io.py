@@ -527,7 +527,9 @@ def test_whitespace_and_null_metadata_are_accepted(path: Path) -> None:
 def test_a_file_shrinking_while_read_is_a_checkpoint_error(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path.write_bytes(raw_file({"a": F32x4}, bytes(8)))  # 8 of the 16 data bytes
     real_fstat = os.fstat
-    monkeypatch.setattr(os, "fstat", lambda fd: SimpleNamespace(st_size=real_fstat(fd).st_size + 8))
+    monkeypatch.setattr(
+        os, "fstat", lambda fd: SimpleNamespace(st_mode=real_fstat(fd).st_mode, st_size=real_fstat(fd).st_size + 8)
+    )
     with pytest.raises(CheckpointError, match="tensor 'a': the file ended 8 bytes early"):
         mio.load(path)
 
