@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import threading
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from special_files import KINDS, call_with_deadline, posix_only, special_file
 
 from matgrad import ArgumentError
 from matgrad._errors import DataError
@@ -221,59 +221,8 @@ def test_corrupt_gzip(tmp_path: Path, mangle: object, message: str) -> None:
     assert str(path) in str(info.value)
 
 
-def special_file(tmp_path: Path, kind: str) -> tuple[Path, str]:
-    """A path of ``kind`` that is not a regular file, and the reason an error must give."""
-    path = tmp_path / f"{kind}-idx"
-    if kind == "missing":
-        return path, "no such file"
-    if kind == "directory":
-        path.mkdir()
-        return path, "is a directory"
-    if kind == "fifo":
-        os.mkfifo(path)  # opening it for reading would block until a writer comes: forever
-        return path, "is a FIFO"
-    if kind == "device-link":
-        path.symlink_to(os.devnull)
-        return path, "is a symbolic link to a character device"
-    if kind == "socket":
-        import socket
-
-        sock = socket.socket(socket.AF_UNIX)
-        sock.bind(str(path))
-        sock.close()
-        return path, "is a socket"
-    assert kind == "broken-link"
-    path.symlink_to(tmp_path / "gone")
-    return path, "is a broken symbolic link"
-
-
-def call_with_deadline(fn: Any, fifo: Path | None = None) -> BaseException | None:
-    """``fn()`` in a thread; the exception it raised. Fails (never hangs) if it blocks."""
-    box: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as exc:
-            box.append(exc)
-        else:
-            box.append(None)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(20)
-    if thread.is_alive():
-        if fifo is not None:  # release the blocked open() so the thread can end
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        pytest.fail(f"{fn} blocked")
-    return box[0]
-
-
-SPECIAL = ["missing", "directory", "fifo", "device-link", "socket", "broken-link"]
-
-
-@pytest.mark.skipif(os.name != "posix", reason="FIFOs, Unix sockets and /dev/null are POSIX")
-@pytest.mark.parametrize("kind", SPECIAL)
+@posix_only
+@pytest.mark.parametrize("kind", KINDS)
 def test_non_regular_files_are_refused_with_the_true_reason(tmp_path: Path, kind: str) -> None:
     path, reason = special_file(tmp_path, kind)
     for fn in (read_idx, read_idx_header):
