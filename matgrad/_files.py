@@ -194,8 +194,9 @@ def remove_stale_temps(directory: str, name: str, older_than: float = STALE_AFTE
 
 
 def _target(path: str) -> str:
-    """Where writing ``path`` lands: a symlink is followed, so the file it points to is replaced."""
-    return os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
+    """Where writing ``path`` lands: symlinks (of the file and its folders) are followed, so the
+    file a link points to is replaced, not the link."""
+    return os.path.realpath(path)
 
 
 def check_output(path: str, what: str) -> str:
