@@ -559,6 +559,35 @@ def test_unwritable_root(tmp_path: Path, server: Server) -> None:
     assert server.log == []
 
 
+def test_a_full_disk_is_not_a_mirror_failure(tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_new_temp = mnist_module.new_temp
+
+    class Full:
+        def __init__(self, f: Any) -> None:
+            self.f = f
+
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        def __enter__(self) -> Full:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.f.close()
+
+    def new_temp(directory: str, name: str) -> tuple[str, Any]:
+        path, f = real_new_temp(directory, name)
+        return path, Full(f)
+
+    monkeypatch.setattr(mnist_module, "new_temp", new_temp)
+    with pytest.raises(
+        DataError, match=rf"^cannot write train-images-idx3-ubyte.gz into {re.escape(str(tmp_path))}: No"
+    ):
+        fetch(tmp_path, [url(server, "good"), url(server, "good")])
+    assert server.log == ["/good/train-images-idx3-ubyte.gz"]  # the second mirror would fail alike
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_default_mirrors_are_https() -> None:
     assert mnist_module.MIRRORS and all(m.startswith("https://") and m.endswith("/") for m in mnist_module.MIRRORS)
 

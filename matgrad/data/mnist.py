@@ -172,6 +172,10 @@ class _MirrorFailure(Exception):
     """One mirror failed for one file; the next mirror is tried."""
 
 
+class _WriteFailure(Exception):
+    """Writing the downloaded bytes failed (a full disk, say): no mirror is tried after it."""
+
+
 def _verify_download(path: str, name: str) -> bool:
     """Check a downloaded file's uncompressed size and SHA-256 in chunks; True when gzipped."""
     size, sha = FILES[name]
@@ -240,9 +244,12 @@ def _fetch(url: str, out: Any, timeout: float, limit: int, progress: bool) -> No
                     transfer.received = got
                     if got > limit:
                         raise _MirrorFailure(f"the body exceeds the {limit} bytes this file can take")
-                    out.write(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:  # the disk, not the mirror: no other mirror can help
+                        raise _WriteFailure(exc.strerror or str(exc)) from None
                     bar.update(len(chunk))
-    except _MirrorFailure:
+    except (_MirrorFailure, _WriteFailure):
         raise
     except Exception:
         if transfer.failure is not None:  # the watchdog cut the connection: that is the cause
@@ -289,13 +296,20 @@ def _download(root: str, name: str, mirrors: list[str], timeout: float, progress
                 with f:
                     _fetch(url, f, timeout, limit, progress)
                 gz = _verify_download(tmp, name)
+            except _WriteFailure as exc:
+                raise DataError(
+                    f"cannot write {name}.gz into {root}: {exc}; free some space or pass root= another directory"
+                ) from None
             except _MirrorFailure as exc:
                 failures.append(f"  {url}: {exc}")
             except (OSError, http.client.HTTPException) as exc:
                 failures.append(f"  {url}: {_describe(exc, timeout)}")
             else:
                 final = os.path.join(root, name + ".gz" if gz else name)
-                os.replace(tmp, final)
+                try:
+                    os.replace(tmp, final)
+                except OSError as exc:
+                    raise DataError(f"cannot write {final}: {exc.strerror or exc}") from None
                 return final
             if progress and i + 1 < len(mirrors):
                 print(f"matgrad: {failures[-1].strip()}; trying the next mirror", file=sys.stderr)
