@@ -298,8 +298,9 @@ def _element_size() -> int:
 
 def _estimate_mlp(sizes: Sequence[int], rows: int, *, training: bool, state: int = 0) -> int:
     """Bytes an MLP of ``sizes`` needs on the current backend and dtype: its parameters, and in
-    training their gradients and ``state`` optimiser buffers each, plus one update's temporary;
-    the activations of ``rows`` inputs (kept for backward, with their gradients, in training)."""
+    training their gradients and ``state`` optimiser buffers each; one temporary the size of the
+    largest weight (initialisation draws it, an update computes it); the activations of ``rows``
+    inputs (kept for backward, with their gradients, in training)."""
     each = _element_size()
     weights = [a * b for a, b in pairwise(sizes)]
     params = sum(weights) + sum(sizes[1:])
@@ -308,8 +309,8 @@ def _estimate_mlp(sizes: Sequence[int], rows: int, *, training: bool, state: int
         # parameters, gradients, optimiser state; one layer's update temporary; activations
         # (linear and relu outputs) and their gradients
         elements = params * (2 + state) + max(weights) + rows * (sizes[0] + 4 * outputs)
-    else:
-        elements = params + rows * (sizes[0] + 2 * outputs)
+    else:  # parameters, the temporary that initialising the largest one takes, activations
+        elements = params + max(weights) + rows * (sizes[0] + 2 * outputs)
     return elements * each
 
 

@@ -447,8 +447,8 @@ FAILURES = {
     "slow": f"timed out \\(no data for {TIMEOUT:g} s\\)",
     "stall": f"timed out \\(no data for {TIMEOUT:g} s\\)",
     # a byte every 0.05 s never trips the 0.5 s read timeout: the bound on the whole transfer does
-    "drip": rf"too slow: \d+ bytes in [\d.]+ s; a download must keep up 16,384 bytes/s on average after "
-    rf"its first {2 * TIMEOUT:g} s",
+    "drip": rf"too slow: \d+ bytes in [\d.]+ s, past the transfer's deadline \(a download must average "
+    rf"16,384 bytes/s after its first {2 * TIMEOUT:g} s",
     "drip-headers": r"too slow: 0 bytes in [\d.]+ s",
 }
 

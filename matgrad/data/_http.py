@@ -74,9 +74,9 @@ class Transfer:
                 if self._done.is_set():
                     return
                 self.failure = (
-                    f"too slow: {self.received} bytes in {elapsed:.1f} s; a download must keep up "
-                    f"{self.min_rate:,.0f} bytes/s on average after its first {self.grace:g} s "
-                    "(matgrad.data.mnist.MIN_RATE sets the rate)"
+                    f"too slow: {self.received} bytes in {elapsed:.1f} s, past the transfer's deadline (a download "
+                    f"must average {self.min_rate:,.0f} bytes/s after its first {self.grace:g} s; "
+                    "matgrad.data.mnist.MIN_RATE sets the rate)"
                 )
                 entries = list(self._sockets)
             for entry in entries:

@@ -251,16 +251,10 @@ def _parse_header(stream: _Readable, name: str, where: str) -> tuple[_Type, tupl
     return t, shape
 
 
-def _parse(stream: _Readable, name: str, file_size: int, gz: bool, max_bytes: int | None) -> IdxArray:
-    """Parse an IDX stream, the file (raw or gzipped) being ``file_size`` bytes long.
-
-    Every size check comes before the one allocation of the data, which is exactly the declared
-    size: a raw file must be header + data bytes long; a gzip file cannot hold more than 1032
-    times its own size (deflate's limit); and the data must fit ``max_bytes``, else the memory
-    budget. Then one byte more is read, to catch trailing data.
-    """
-    where = "the decompressed data" if gz else "the file"
-    t, shape = _parse_header(stream, name, where)
+def _check_file_size(name: str, t: _Type, shape: tuple[int, ...], file_size: int, gz: bool) -> tuple[int, str]:
+    """The declared data size and its description, once the file is known able to hold it: a raw
+    file must be exactly header + data long, and no gzip file inflates to more than
+    ``MAX_DEFLATE_RATIO`` times its own size."""
     expected = math.prod(shape) * t.itemsize
     declared = f"header declares {_dims(shape)} {t.name} = {expected} bytes of data"
     header_size = 4 + 4 * len(shape)
@@ -275,6 +269,20 @@ def _parse(stream: _Readable, name: str, file_size: int, gz: bool, max_bytes: in
             f"{name}: truncated: {declared}, but a {file_size}-byte gzip file holds at most "
             f"{MAX_DEFLATE_RATIO * file_size} (deflate expands at most {MAX_DEFLATE_RATIO}:1)"
         )
+    return expected, declared
+
+
+def _parse(stream: _Readable, name: str, file_size: int, gz: bool, max_bytes: int | None) -> IdxArray:
+    """Parse an IDX stream, the file (raw or gzipped) being ``file_size`` bytes long.
+
+    Every size check comes before the one allocation of the data, which is exactly the declared
+    size: a raw file must be header + data bytes long; a gzip file cannot hold more than 1032
+    times its own size (deflate's limit); and the data must fit ``max_bytes``, else the memory
+    budget. Then one byte more is read, to catch trailing data.
+    """
+    where = "the decompressed data" if gz else "the file"
+    t, shape = _parse_header(stream, name, where)
+    expected, declared = _check_file_size(name, t, shape, file_size, gz)
     if max_bytes is not None:
         if expected > max_bytes:
             raise DataError(
@@ -353,19 +361,22 @@ def read_idx(path: PathLike, *, max_bytes: int | None = None) -> IdxArray:
 
 
 def read_idx_header(path: PathLike) -> tuple[str, tuple[int, ...]]:
-    """``(dtype, shape)`` from an IDX file's header alone, checked as ``read_idx`` checks it."""
+    """``(dtype, shape)`` from an IDX file's header alone, checked as ``read_idx`` checks it
+    (the header, and whether the file's size can hold the data it declares)."""
     name = _check_path("read_idx_header", path)
     with open_regular(name, DataError) as f:
         try:
-            if f.read(2) == GZIP_MAGIC:
-                f.seek(0)
-                with _gzip_errors(name), gzip.GzipFile(fileobj=f, mode="rb") as gz:
-                    t, shape = _parse_header(gz, name, "the decompressed data")
+            size = os.fstat(f.fileno()).st_size
+            gz = f.read(2) == GZIP_MAGIC
+            f.seek(0)
+            if gz:
+                with _gzip_errors(name), gzip.GzipFile(fileobj=f, mode="rb") as stream:
+                    t, shape = _parse_header(stream, name, "the decompressed data")
             else:
-                f.seek(0)
                 t, shape = _parse_header(f, name, "the file")
         except OSError as exc:
             raise DataError(f"{name}: read error: {exc.strerror or exc}") from None
+    _check_file_size(name, t, shape, size, gz)
     return t.name, shape
 
 
