@@ -21,7 +21,7 @@ from itertools import pairwise
 from typing import Any, NoReturn, Sequence
 
 from matgrad._errors import ArgumentError
-from matgrad._files import atomic_write, check_output, new_temp, remove_quietly
+from matgrad._files import atomic_write, check_output, new_temp, remove_quietly, why_not_regular
 
 __all__ = ["main"]
 
@@ -279,8 +279,7 @@ def _data_files(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def _check_input(option: str, path: str) -> None:
-    from matgrad._files import why_not_regular
-
+    """Refuse an input that is not a regular file, saying what it is (never opening a FIFO)."""
     why = why_not_regular(path)
     if why is not None:
         raise CommandError(f"{option} {path}: {why}")
