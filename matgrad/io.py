@@ -14,12 +14,10 @@ numbers and JSON, and ``load`` validates the whole header before it reads any te
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import secrets
 import struct
 import sys
 from array import array
@@ -30,11 +28,13 @@ from typing import Any, Iterable, Mapping, NamedTuple, Union
 
 from matgrad import backends as _backends
 from matgrad._errors import ArgumentError, CheckpointError, DTypeError
+from matgrad._files import atomic_write, open_regular
+from matgrad._memory import check_memory, element_bytes
 from matgrad.backends.base import FLOAT_DTYPES, Backend
 from matgrad.backends.python import Matrix, PythonBackend
 from matgrad.tensor import Tensor2D, _wrap, dtype_name
 
-__all__ = ["load", "load_metadata", "save"]
+__all__ = ["TensorInfo", "load", "load_header", "load_metadata", "save"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 Chunk = Union[bytes, bytearray, memoryview, "array[Any]"]
@@ -98,7 +98,11 @@ def save(obj: Any, path: PathLike, metadata: Mapping[str, str] | None = None) ->
     stores biases, so an MLP's file loads unchanged into the same ``torch.nn.Sequential``.
     ``metadata`` (str -> str) goes in the header's ``__metadata__``, keys sorted. The bytes go to a
     temporary file beside ``path``, which replaces ``path`` only once complete and synced: an
-    error or Ctrl-C mid-save leaves any previous file untouched and no temporary file behind.
+    error or Ctrl-C mid-save leaves any previous file untouched and no temporary file behind, and
+    the next save to ``path`` deletes what a killed save left. A symlink is followed (the file it
+    points to is replaced); an existing file keeps its permission bits, a new one gets the umask
+    default. A directory, a missing folder, a read-only file or a full disk raise ``OSError``
+    naming ``path``.
     """
     filename = _filename("save", path)
     tensors = _named_tensors(obj)
@@ -178,21 +182,9 @@ def _encode(name: str, t: Tensor2D) -> Chunk:
 
 def _write_atomically(filename: str, chunks: Iterable[Chunk]) -> None:
     """Write ``chunks`` to a new file beside ``filename``, fsync it, then rename it over ``filename``."""
-    directory, base = os.path.split(os.path.abspath(filename))
-    temp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
-    # mode 0o666 (the umask applies), as a plain open() would create it; mkstemp would give 0o600
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, filename)
-    except BaseException:  # KeyboardInterrupt too: never leave a partial file behind
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    with atomic_write(filename, "save") as f:
+        for chunk in chunks:
+            f.write(chunk)
 
 
 # -- load -----------------------------------------------------------------------------------------
@@ -224,8 +216,9 @@ def load(path: PathLike, *, backend: str | Backend | None = None, dtype: Any = N
             f"load: dtype= converts the floating tensors, so it must be 'float32' or 'float64', not "
             f"{float_dtype!r} (integer tensors always load as int64)"
         )
-    with open(filename, "rb") as f:
+    with open_regular(filename, CheckpointError) as f:
         entries, _ = _read_header(f, filename)
+        _check_memory(entries, be, float_dtype, filename)
         # the header checked that the tensors tile the data section, in this order, from here on
         return {
             e.name: _decode(_read(f, e.end - e.begin, filename, f"tensor {e.name!r}"), e, be, float_dtype)
@@ -235,9 +228,43 @@ def load(path: PathLike, *, backend: str | Backend | None = None, dtype: Any = N
 
 def load_metadata(path: PathLike) -> dict[str, str]:
     """The ``__metadata__`` of the safetensors file at ``path`` (``{}`` if none); reads only the header."""
-    filename = _filename("load_metadata", path)
-    with open(filename, "rb") as f:
-        return _read_header(f, filename)[1]
+    return load_header(path)[1]
+
+
+class TensorInfo(NamedTuple):
+    """What the header says of one tensor: its ``dtype`` in the file (``"F32"``, ...) and its
+    ``shape`` as it loads (1-D tensors as (1, n) rows)."""
+
+    dtype: str
+    shape: tuple[int, int]
+
+
+def load_header(path: PathLike) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """``({name: TensorInfo(dtype, shape)}, metadata)`` of the safetensors file at ``path``.
+
+    Reads and validates only the header (at most ``MAX_HEADER_BYTES``), so it costs nothing
+    however large the tensors are: check shapes against what you expect before ``load``.
+    """
+    filename = _filename("load_header", path)
+    with open_regular(filename, CheckpointError) as f:
+        entries, metadata = _read_header(f, filename)
+    return {e.name: TensorInfo(e.dtype, e.shape) for e in entries}, metadata
+
+
+def _check_memory(entries: list[_Entry], be: Backend, float_dtype: str | None, filename: str) -> None:
+    """Refuse before reading the data when the loaded tensors would not fit in memory."""
+    need = 0
+    for e in entries:
+        layout = _LAYOUTS[e.dtype]
+        dtype = layout.dtype if layout.dtype == "int64" else float_dtype or layout.dtype
+        need += e.shape[0] * e.shape[1] * element_bytes(be.name, dtype)
+    largest = max((e.end - e.begin for e in entries), default=0)
+    check_memory(
+        need + 2 * largest,  # the tensors, plus one tensor's bytes and their decoding in flight
+        f"{filename}: loading {len(entries)} tensors on the {be.name} backend",
+        "free memory, or load it on a machine with more",
+        CheckpointError,
+    )
 
 
 def _filename(op: str, path: Any) -> str:

@@ -19,7 +19,6 @@ import math
 import numbers
 import os
 import sys
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import graphviz
 from matgrad._errors import ArgumentError, ArgumentTypeError, GraphError, MatgradError
 from matgrad.autograd import engine as _engine
 from matgrad.autograd.grad_mode import enable_grad
+from matgrad._files import atomic_write
 from matgrad.creation import ones_like
 from matgrad.functional import cross_entropy
 from matgrad.tensor import Tensor2D
@@ -709,21 +709,10 @@ def draw_graph(
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"render_graph: the folder {folder} does not exist")
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place (see
+    ``matgrad._files.atomic_write``: the mode is kept, errors name ``path``)."""
+    with atomic_write(os.fspath(path), "render_graph") as f:
+        f.write(data)
 
 
 def render_graph(root: Roots | graphviz.Digraph, path: str | os.PathLike[str], **draw_kwargs: Any) -> Path:
