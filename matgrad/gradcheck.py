@@ -208,7 +208,8 @@ class OpMismatch:
 def _describe_culprits(culprits: list[OpMismatch]) -> str:
     if not culprits:
         return (
-            "\nevery op's backward agrees with a numerical derivative of that op alone: look for a "
+            "\nevery op's backward agrees with a numerical derivative of that op alone, so the fault is "
+            "between ops: a path cut from the graph (detach(), .item(), a NumPy round trip), a "
             "non-differentiable point (a kink or a tie) near the inputs, or a function that is not "
             "deterministic (random numbers drawn inside fn)"
         )

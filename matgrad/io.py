@@ -27,7 +27,7 @@ from itertools import chain
 from typing import Any, Iterable, Mapping, NamedTuple, Union
 
 from matgrad import backends as _backends
-from matgrad._errors import ArgumentError, CheckpointError, DTypeError
+from matgrad._errors import ArgumentError, ArgumentTypeError, CheckpointError, DTypeError
 from matgrad._files import atomic_write, open_regular
 from matgrad._memory import check_memory, element_bytes
 from matgrad.backends.base import FLOAT_DTYPES, Backend
@@ -127,23 +127,25 @@ def _named_tensors(obj: Any) -> Mapping[str, Tensor2D]:
     """The validated name -> Tensor2D mapping of a Module (``state_dict()``) or a mapping."""
     state = obj.state_dict() if callable(getattr(obj, "state_dict", None)) else obj
     if not isinstance(state, Mapping):
-        raise TypeError(f"save: expected a Module or a mapping of name -> Tensor2D, got {type(obj).__name__}")
+        raise ArgumentTypeError(f"save: expected a Module or a mapping of name -> Tensor2D, got {type(obj).__name__}")
     for name, value in state.items():
         _check_text("save: tensor name", name)
         if name == "__metadata__":
             raise ArgumentError("save: '__metadata__' is reserved by the format; pass metadata=... instead")
         if not isinstance(value, Tensor2D):
-            raise TypeError(f"save: {name!r} is a {type(value).__name__}, not a Tensor2D; wrap it: Tensor2D(value)")
+            raise ArgumentTypeError(
+                f"save: {name!r} is a {type(value).__name__}, not a Tensor2D; wrap it: Tensor2D(value)"
+            )
     return state
 
 
 def _checked_metadata(metadata: Any) -> dict[str, str]:
     if not isinstance(metadata, Mapping):
-        raise TypeError(f"save: metadata must be a mapping of str -> str, got {type(metadata).__name__}")
+        raise ArgumentTypeError(f"save: metadata must be a mapping of str -> str, got {type(metadata).__name__}")
     for key, value in metadata.items():
         _check_text("save: metadata key", key, allow_empty=True)
         if not isinstance(value, str):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"save: metadata values must be str, but metadata[{key!r}] is {value!r} ({type(value).__name__}); "
                 "write str(value) or json.dumps(value)"
             )
@@ -153,7 +155,7 @@ def _checked_metadata(metadata: Any) -> dict[str, str]:
 
 def _check_text(what: str, text: Any, allow_empty: bool = False) -> None:
     if not isinstance(text, str):
-        raise TypeError(f"{what} must be a str, got {type(text).__name__} ({text!r})")
+        raise ArgumentTypeError(f"{what} must be a str, got {type(text).__name__} ({text!r})")
     if not text and not allow_empty:
         raise ArgumentError(f"{what} is empty")
     try:
@@ -270,7 +272,7 @@ def _check_memory(entries: list[_Entry], be: Backend, float_dtype: str | None, f
 def _filename(op: str, path: Any) -> str:
     name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
     if not isinstance(name, str):
-        raise TypeError(f"{op}: path must be a str or os.PathLike, got {type(path).__name__}")
+        raise ArgumentTypeError(f"{op}: path must be a str or os.PathLike, got {type(path).__name__}")
     return name
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Iterator, Protocol, Sequence, Union
 
-from matgrad._errors import ArgumentError, DataError
+from matgrad._errors import ArgumentError, ArgumentTypeError, DataError
 from matgrad._files import atomic_write, open_regular
 from matgrad._memory import check_memory
 
@@ -321,7 +321,7 @@ def _gzip_errors(name: str) -> Iterator[None]:
 
 def _check_path(op: str, path: Any) -> str:
     if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
-        raise TypeError(f"{op}: path must be a str or os.PathLike, got {type(path).__name__}")
+        raise ArgumentTypeError(f"{op}: path must be a str or os.PathLike, got {type(path).__name__}")
     return os.fspath(path)
 
 
@@ -329,7 +329,7 @@ def _check_max_bytes(max_bytes: Any) -> int | None:
     if max_bytes is None:
         return None
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
-        raise TypeError(f"read_idx: max_bytes must be an int or None, got {type(max_bytes).__name__}")
+        raise ArgumentTypeError(f"read_idx: max_bytes must be an int or None, got {type(max_bytes).__name__}")
     if max_bytes < 0:
         raise ArgumentError(f"read_idx: max_bytes must be >= 0, got {max_bytes}")
     return max_bytes

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Set
 from typing import Any, NamedTuple, Sequence, Union
 
 from matgrad import backends as _backends
-from matgrad._errors import ArgumentError, DataError, DTypeError
+from matgrad._errors import ArgumentError, ArgumentTypeError, DataError, DTypeError
 from matgrad._files import new_temp, remove_quietly, remove_stale_temps, why_not_regular
 from matgrad._memory import check_memory, element_bytes
 from matgrad.backends.base import FLOAT_DTYPES, Backend
@@ -127,13 +127,15 @@ def _check_mirrors(fn: str, mirrors: Sequence[str] | None) -> list[str]:
     if isinstance(mirrors, (str, bytes)):
         raise ArgumentError(f"{fn}: mirrors must be a list of URLs, not one string; write mirrors=[{mirrors!r}]")
     if isinstance(mirrors, (Set, Mapping)) or not isinstance(mirrors, Iterable):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{fn}: mirrors must be a list of http(s):// URL strings (tried in order), got {type(mirrors).__name__}"
         )
     out = []
     for m in mirrors:
         if not isinstance(m, str):
-            raise TypeError(f"{fn}: each mirror must be an http(s):// URL string, got {type(m).__name__} {m!r:.60}")
+            raise ArgumentTypeError(
+                f"{fn}: each mirror must be an http(s):// URL string, got {type(m).__name__} {m!r:.60}"
+            )
         if not m.startswith(("https://", "http://")):
             raise ArgumentError(f"{fn}: each mirror must be an http(s):// URL string, got {m!r}")
         out.append(m if m.endswith("/") else m + "/")
@@ -148,7 +150,7 @@ def _directory(fn: str, root: Any) -> str:
         return default_root()
     if isinstance(root, str) or (isinstance(root, os.PathLike) and isinstance(os.fspath(root), str)):
         return os.fspath(root)
-    raise TypeError(f"{fn}: root must be a directory path (a str or pathlib.Path), got {type(root).__name__}")
+    raise ArgumentTypeError(f"{fn}: root must be a directory path (a str or pathlib.Path), got {type(root).__name__}")
 
 
 # -- verification ------------------------------------------------------------------------------
@@ -373,7 +375,7 @@ def download_mnist(
 
 def _check_timeout(fn: str, timeout: float) -> None:
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{fn}: timeout must be a positive number of seconds, got {type(timeout).__name__} {timeout!r:.40}"
         )
     if not 0 < timeout < math.inf:

@@ -28,9 +28,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 import graphviz
 
 from matgrad._errors import ArgumentError, ArgumentTypeError, GraphError, MatgradError
+from matgrad._files import atomic_write
 from matgrad.autograd import engine as _engine
 from matgrad.autograd.grad_mode import enable_grad
-from matgrad._files import atomic_write
 from matgrad.creation import ones_like
 from matgrad.functional import cross_entropy
 from matgrad.tensor import Tensor2D
