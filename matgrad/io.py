@@ -32,7 +32,7 @@ from matgrad._files import atomic_write, open_regular
 from matgrad._memory import check_memory, element_bytes
 from matgrad.backends.base import FLOAT_DTYPES, Backend
 from matgrad.backends.python import Matrix, PythonBackend
-from matgrad.tensor import Tensor2D, _wrap, dtype_name
+from matgrad.tensor import Tensor2D, dtype_name
 
 __all__ = ["TensorInfo", "load", "load_header", "load_metadata", "save"]
 
@@ -167,7 +167,7 @@ def _check_text(what: str, text: Any, allow_empty: bool = False) -> None:
 def _encode(name: str, t: Tensor2D) -> Chunk:
     """The little-endian row-major bytes of ``t`` (a buffer the file writes without copying)."""
     layout = _LAYOUTS[_SAVED_AS[t.dtype]]
-    backend, data = t._backend, t._data
+    backend, data = t.kernels, t.native
     np = _numpy() if backend.name == "numpy" else None
     if np is not None:
         return memoryview(np.ascontiguousarray(data, dtype=layout.np))
@@ -488,10 +488,12 @@ def _decode(raw: bytearray, e: _Entry, be: Backend, float_dtype: str | None) -> 
     if np is not None:
         with np.errstate(over="ignore"):  # F64 -> float32 rounds huge values to inf, as a cast does
             # frombuffer over the writable bytearray, and astype copies only if the dtype differs
-            return _wrap(np.frombuffer(raw, dtype=layout.np).reshape(rows, cols).astype(dtype, copy=False), be)
+            return Tensor2D.from_native(
+                np.frombuffer(raw, dtype=layout.np).reshape(rows, cols).astype(dtype, copy=False), be
+            )
     values = _unpack(raw, layout.code)
     if dtype == "float32" and layout.code == "d":
         values = array("f", values).tolist()  # round to float32, as the python backend does
     if isinstance(be, PythonBackend):
-        return _wrap(Matrix._wrap(rows, cols, values, dtype), be)
-    return _wrap(be.from_rows([values[i : i + cols] for i in range(0, rows * cols, cols)], dtype), be)
+        return Tensor2D.from_native(Matrix._wrap(rows, cols, values, dtype), be)
+    return Tensor2D.from_native(be.from_rows([values[i : i + cols] for i in range(0, rows * cols, cols)], dtype), be)

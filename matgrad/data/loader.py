@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 from matgrad import backends as _backends
 from matgrad._errors import ArgumentError, ArgumentTypeError, ShapeError
-from matgrad.tensor import Tensor2D, _wrap
+from matgrad.tensor import Tensor2D
 
 __all__ = ["DataLoader"]
 
@@ -81,13 +81,15 @@ class DataLoader:
         # aliases the dataset would let an in-place op on the batch change the data.
         natives: dict[int, Any] = {}
         for t in tensors:
-            be = t._backend
+            be = t.kernels
             if id(be) not in natives:
                 natives[id(be)] = be.indices(be.from_rows([order], "int64"))
         b = self.batch_size
         for lo in range(0, len(self) * b, b):
             batch = tuple(
-                _wrap(t._backend.take(t._data, natives[id(t._backend)][lo : lo + b], slice(None)), t._backend)
+                Tensor2D.from_native(
+                    t.kernels.take(t.native, natives[id(t.kernels)][lo : lo + b], slice(None)), t.kernels
+                )
                 for t in tensors
             )
             yield batch[0] if self.y is None else batch

@@ -24,7 +24,7 @@ from matgrad._files import new_temp, remove_quietly, remove_stale_temps, why_not
 from matgrad._memory import check_memory, element_bytes
 from matgrad.backends.base import FLOAT_DTYPES, Backend
 from matgrad.data.idx import GZIP_MAGIC, IdxArray, read_idx, read_idx_header
-from matgrad.tensor import Tensor2D, _wrap, dtype_name
+from matgrad.tensor import Tensor2D, dtype_name
 
 __all__ = ["FILES", "MIRRORS", "MNIST", "SAMPLE_DIR", "default_root", "download_mnist", "load_mnist"]
 
@@ -404,7 +404,7 @@ def _images(arr: IdxArray, path: str, be: Backend, dtype: str) -> Tensor2D:
             f"found {arr.dtype} of shape {'x'.join(map(str, arr.shape))}"
         )
     n, h, w = arr.shape
-    return _wrap(be.from_uint8(arr.data, n, h * w, 255.0, dtype), be)
+    return Tensor2D.from_native(be.from_uint8(arr.data, n, h * w, 255.0, dtype), be)
 
 
 def _labels(arr: IdxArray, path: str, be: Backend) -> Tensor2D:
@@ -417,7 +417,7 @@ def _labels(arr: IdxArray, path: str, be: Backend) -> Tensor2D:
     if bad:
         i = arr.data.index(bad[:1])
         raise DataError(f"{path}: label {i} is {bad[0]}; MNIST labels are the digits 0 to 9")
-    return _wrap(be.from_uint8(arr.data, arr.shape[0], 1, 1, "int64"), be)
+    return Tensor2D.from_native(be.from_uint8(arr.data, arr.shape[0], 1, 1, "int64"), be)
 
 
 def _check_fits(headers: dict[str, tuple[str, str, tuple[int, ...]]], be: Backend, dtype: str, raw: bool) -> None:

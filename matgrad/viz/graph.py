@@ -309,7 +309,7 @@ def _shape(t: Tensor2D) -> str:
 
 def _stats(t: Tensor2D) -> tuple[float, float, float]:
     """``(min, mean, max)`` of the values, from backend kernels (no graph recorded)."""
-    be, d = t._backend, t._data
+    be, d = t.kernels, t.native
     lo = be.tolist(be.min(d, None))[0][0]
     hi = be.tolist(be.max(d, None))[0][0]
     total = be.tolist(be.sum(d, None))[0][0]
@@ -318,7 +318,7 @@ def _stats(t: Tensor2D) -> tuple[float, float, float]:
 
 def _norm(g: Tensor2D) -> float:
     """The Frobenius norm, scaled by the largest magnitude first so float32 does not overflow."""
-    be, d = g._backend, g._data
+    be, d = g.kernels, g.native
     big = float(be.tolist(be.max(be.unary("abs", d), None))[0][0])
     if big == 0.0 or not math.isfinite(big):
         return big
@@ -327,7 +327,7 @@ def _norm(g: Tensor2D) -> float:
 
 
 def _finite(t: Tensor2D) -> bool:
-    return bool(t._backend.all_finite(t._data))
+    return bool(t.kernels.all_finite(t.native))
 
 
 def _details(t: Tensor2D, show_values: bool, show_grad: bool, grad_expected: bool) -> tuple[list[str], bool]:
