@@ -1,5 +1,5 @@
 // matgrad explorer: plain JavaScript, no framework, no network. The data is the JSON in
-// #explorer-data, written by matgrad.viz.explore; a live page also polls its own server.
+// #explorer-data, written by matgrad.viz.explorer; a live page also polls its own server.
 (function () {
   "use strict";
   const D = JSON.parse(document.getElementById("explorer-data").textContent);
@@ -48,11 +48,17 @@
       const key = e.s + ">" + e.t;
       const k = seen[key] = (seen[key] || 0) + 1;
       const off = (k - 1) * 9;
-      const x1 = a.x + a.w, y1 = a.y + a.h / 2 + off, x2 = b.x, y2 = b.y + b.h / 2 + off;
-      const dx = Math.max(24, (x2 - x1) / 2);
-      const p = el("path", { class: "edge", "data-edge": i, d: `M${x1},${y1} C${x1 + dx},${y1} ${x2 - dx},${y2} ${x2 - 2},${y2}`, "marker-end": "url(#arrow)" }, gEdges);
+      const pts = [[a.x + a.w, a.y + a.h / 2 + off], ...(e.via || []).map((q) => [q[0], q[1] + off]), [b.x - 2, b.y + b.h / 2 + off]];
+      let d = `M${pts[0][0]},${pts[0][1]}`;
+      for (let j = 1; j < pts.length; j++) {
+        const [x1, y1] = pts[j - 1], [x2, y2] = pts[j];
+        const dx = Math.max(12, (x2 - x1) / 2);
+        d += ` C${x1 + dx},${y1} ${x2 - dx},${y2} ${x2},${y2}`;
+      }
+      const p = el("path", { class: "edge", "data-edge": i, d, "marker-end": "url(#arrow)" }, gEdges);
       edgeEls.push(p);
       if (e.label) {
+        const [x1, y1] = pts[pts.length - 2], [x2, y2] = pts[pts.length - 1];
         const t = el("text", { class: "edge-label", x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 3, "text-anchor": "middle" }, gEdges);
         t.textContent = e.label;
       }
@@ -317,12 +323,12 @@
     L.innerHTML = ""; A.innerHTML = "";
     const n = T.loss.length;
     const xmax = Math.max(n, 1);
-    const losses = T.loss.map((v, i) => [i + 1, v]).filter((p) => p[1] >= 0);
+    const losses = T.loss.map((v, i) => [i + 1, v]).filter((p) => p[1] !== null);
     const hi = Math.max(...losses.map((p) => p[1]), 1e-9);
     polyline(L, "loss", losses, xmax, 0, hi);
-    polyline(A, "batch", T.acc.map((v, i) => [i + 1, v]).filter((p) => p[1] >= 0), xmax, 0, 1);
-    polyline(A, "train", T.epochs.map((e) => [e.step, e.train_acc]), xmax, 0, 1);
-    polyline(A, "test", T.epochs.map((e) => [e.step, e.test_acc]), xmax, 0, 1);
+    polyline(A, "batch", T.acc.map((v, i) => [i + 1, v]).filter((p) => p[1] !== null), xmax, 0, 1);
+    polyline(A, "train", T.epochs.map((e) => [e.step, e.train_acc]).filter((p) => p[1] !== null), xmax, 0, 1);
+    polyline(A, "test", T.epochs.map((e) => [e.step, e.test_acc]).filter((p) => p[1] !== null), xmax, 0, 1);
     L.setAttribute("data-points", String(n));
     A.setAttribute("data-points", String(T.acc.length));
     const s = T.snaps[snap];

@@ -56,7 +56,7 @@ from matgrad.viz.graph import (
     _write_atomic,
 )
 
-__all__ = ["Explorer", "TrainingRecord", "explore"]
+__all__ = ["Explorer", "TrainingRecord", "encode_matrix", "explore", "graph_payload", "parse_rule", "render_page", "rule_of"]
 
 MAX_CELLS = 131_072  # matrices above this many elements are block-averaged (a 128x784 weight stays whole)
 MAX_SIDE = 512  # ... and so are those wider or taller than this, unless shown as images
@@ -340,14 +340,16 @@ def _nodes(plan: _Plan) -> tuple[list[_Node], dict[int, int], dict[int, int], li
 _CHAR_W, _SUB_W, _NODE_H, _GAP_X, _GAP_Y = 6.6, 5.4, 34.0, 72.0, 18.0
 
 
-def _layout(nodes: list[_Node], edges: list[tuple[int, int, str]]) -> None:
-    """Left to right: layers by longest path (leaves just before their first consumer), rows
-    ordered by barycentres, then rows pulled towards their neighbours without overlapping."""
+def _layout(nodes: list[_Node], edges: list[tuple[int, int, str]]) -> list[list[list[float]]]:
+    """Left to right: layers by longest path (leaves just before their first consumer), an edge
+    across several layers routed through a small invisible node in each, rows ordered by
+    barycentres, then pulled towards their neighbours without overlapping. Returns each edge's
+    bend points."""
     n = len(nodes)
     consumers: list[list[int]] = [[] for _ in range(n)]
     for src, dst, _ in edges:
         consumers[src].append(dst)
-    for k, node in enumerate(nodes):  # nodes come inputs first: one pass sets the layers
+    for node in nodes:  # nodes come inputs first: one pass sets the layers
         node.layer = 1 + max((nodes[j].layer for j in node.inputs), default=-1)
     for k in range(n - 1, -1, -1):
         node = nodes[k]
@@ -359,60 +361,77 @@ def _layout(nodes: list[_Node], edges: list[tuple[int, int, str]]) -> None:
         node.w = max(56.0, len(node.title) * _CHAR_W + 20.0, len(node.sub) * _SUB_W + 16.0)
         node.h = _NODE_H if node.kind == "op" else _NODE_H + 8.0
     _separate_modules(nodes)
-    layers: list[list[int]] = [[] for _ in range(max((node.layer for node in nodes), default=0) + 1)]
-    for k, node in enumerate(nodes):
-        layers[node.layer].append(k)
-    rank = [0.0] * n
-    for layer in layers:
-        for r, k in enumerate(layer):
-            rank[k] = float(r)
+
+    # Items: the nodes, then one bend per layer crossed by a long edge: [layer, w, h, x, y].
+    items = [[float(node.layer), node.w, node.h, 0.0, 0.0] for node in nodes]
+    up: list[list[int]] = [list(node.inputs) for node in nodes]
+    down: list[list[int]] = [[] for _ in range(n)]
+    bends: list[list[int]] = []
+    for src, dst, _ in edges:
+        chain: list[int] = []
+        prev = src
+        for layer in range(nodes[src].layer + 1, nodes[dst].layer):
+            items.append([float(layer), 8.0, 8.0, 0.0, 0.0])
+            up.append([prev])
+            down.append([])
+            down[prev].append(len(items) - 1)
+            chain.append(len(items) - 1)
+            prev = len(items) - 1
+        down[prev].append(dst)
+        if chain:  # the consumer now hangs from the last bend instead of the source
+            up[dst][up[dst].index(src)] = chain[-1]
+        bends.append(chain)
+    total = len(items)
+    layers: list[list[int]] = [[] for _ in range(int(max((it[0] for it in items), default=0)) + 1)]
+    for k, it in enumerate(items):
+        layers[int(it[0])].append(k)
+    rank = [0.0] * total
 
     def sweep(neighbours: list[list[int]], order: range) -> None:
         for li in order:
             layer = layers[li]
-            for k in layer:
+            for r, k in enumerate(layer):
                 near = neighbours[k]
-                if near:
-                    rank[k] = sum(rank[j] for j in near) / len(near)
+                rank[k] = sum(rank[j] for j in near) / len(near) if near else float(r)
             layer.sort(key=lambda k: rank[k])
             for r, k in enumerate(layer):
                 rank[k] = float(r)
 
-    parents = [node.inputs for node in nodes]
+    for layer in layers:
+        for r, k in enumerate(layer):
+            rank[k] = float(r)
     for _ in range(4):
-        sweep(parents, range(1, len(layers)))
-        sweep(consumers, range(len(layers) - 2, -1, -1))
+        sweep(up, range(1, len(layers)))
+        sweep(down, range(len(layers) - 2, -1, -1))
 
     x = 0.0
     for layer in layers:
-        width = max((nodes[k].w for k in layer), default=0.0)
+        width = max((items[k][1] for k in layer), default=0.0)
         for k in layer:
-            nodes[k].x = x + (width - nodes[k].w) / 2
+            items[k][3] = x + (width - items[k][1]) / 2
         x += width + _GAP_X
     for layer in layers:
         y = 0.0
         for k in layer:
-            nodes[k].y = y
-            y += nodes[k].h + _GAP_Y
+            items[k][4] = y
+            y += items[k][2] + _GAP_Y
 
     def centre(k: int) -> float:
-        return nodes[k].y + nodes[k].h / 2
+        return items[k][4] + items[k][2] / 2
 
-    for it in range(6):  # pull each row towards its neighbours' centres, then undo overlaps
-        neighbours = parents if it % 2 == 0 else consumers
+    for it in range(8):  # pull each row towards its neighbours' centres, then undo overlaps
+        neighbours = up if it % 2 == 0 else down
         for layer in layers if it % 2 == 0 else reversed(layers):
-            wanted = []
-            for k in layer:
-                near = neighbours[k] or parents[k] or consumers[k]
-                target = sum(centre(j) for j in near) / len(near) if near else centre(k)
-                wanted.append(target - nodes[k].h / 2)
             low = -math.inf
-            for k, want in zip(layer, wanted):
-                nodes[k].y = max(want, low)
-                low = nodes[k].y + nodes[k].h + _GAP_Y
-    top = min((node.y for node in nodes), default=0.0)
-    for node in nodes:
-        node.y -= top
+            for k in layer:
+                near = neighbours[k] or up[k] or down[k]
+                target = sum(centre(j) for j in near) / len(near) if near else centre(k)
+                items[k][4] = max(target - items[k][2] / 2, low)
+                low = items[k][4] + items[k][2] + (_GAP_Y if k < n else _GAP_Y / 2)
+    top = min((it[4] for it in items), default=0.0)
+    for k, node in enumerate(nodes):
+        node.x, node.y = items[k][3], items[k][4] - top
+    return [[[round(items[k][3] + 4.0, 1), round(items[k][4] - top + 4.0, 1)] for k in chain] for chain in bends]
 
 
 def _separate_modules(nodes: list[_Node], limit: int = 300) -> None:
@@ -747,7 +766,7 @@ def graph_payload(root: Any, params: Any = None, title: str | None = None) -> di
         plan = _plan(roots, params)
         nodes, op_node, leaf_node, edges = _nodes(plan)
         back = _replay(nodes, roots, op_node, leaf_node, plan)
-        _layout(nodes, edges)
+        routes = _layout(nodes, edges)
         clusters, innermost = _clusters(nodes, plan)
         steps = _steps(nodes, edges, back)
     mats: list[dict[str, Any]] = []
@@ -804,7 +823,7 @@ def graph_payload(root: Any, params: Any = None, title: str | None = None) -> di
         "version": 1,
         "title": title or _default_title(nodes),
         "nodes": out_nodes,
-        "edges": [{"s": s, "t": d, "label": label} for s, d, label in edges],
+        "edges": [{"s": s, "t": d, "label": label, "via": via} for (s, d, label), via in zip(edges, routes)],
         "clusters": clusters,
         "mats": mats,
         "steps": steps,
@@ -904,8 +923,8 @@ class TrainingRecord:
         self.model = model
         self.every = every
         self.max_snapshots = max_snapshots
-        self.loss: list[float] = []
-        self.acc: list[float] = []
+        self.loss: list[float | None] = []
+        self.acc: list[float | None] = []
         self.epochs: list[dict[str, float]] = []
         self.snaps: list[dict[str, Any]] = []
         self.done = False
@@ -916,8 +935,8 @@ class TrainingRecord:
     def step(self, loss: float, acc: float | None, epoch: int) -> None:
         """Record one optimiser step (after ``opt.step()``, with the gradients it used still in ``.grad``)."""
         with self._lock:
-            self.loss.append(float(loss) if math.isfinite(loss) else -1.0)
-            self.acc.append(-1.0 if acc is None else float(acc))
+            self.loss.append(float(loss) if math.isfinite(loss) else None)
+            self.acc.append(None if acc is None else float(acc))
             n = len(self.loss)
         if n == 1 or n % self.every == 0:
             self.snapshot(epoch)
@@ -938,9 +957,20 @@ class TrainingRecord:
                 self.every *= 2
 
     def end_epoch(self, epoch: int, loss: float, train_acc: float, test_acc: float) -> None:
+        """Record an epoch's mean training loss and its accuracies."""
+
+        def finite(v: float) -> float | None:
+            return float(v) if math.isfinite(v) else None
+
         with self._lock:
             self.epochs.append(
-                {"epoch": epoch, "step": len(self.loss), "loss": loss, "train_acc": train_acc, "test_acc": test_acc}
+                {
+                    "epoch": epoch,
+                    "step": len(self.loss),
+                    "loss": finite(loss),
+                    "train_acc": finite(train_acc),
+                    "test_acc": finite(test_acc),
+                }
             )
 
     def finish(self) -> None:
@@ -959,13 +989,3 @@ class TrainingRecord:
                 "total_steps": self.total_steps,
                 "done": self.done,
             }
-
-
-def training_payload(graph: dict[str, Any], record: TrainingRecord) -> dict[str, Any]:
-    """The graph's payload with a training record attached."""
-    return {**graph, "train": record.to_json()}
-
-
-def explore_training(root: Any, record: TrainingRecord, params: Any = None, title: str | None = None) -> Explorer:
-    """The explorer of ``root``'s graph, with the training record (``matgrad train --explore``)."""
-    return Explorer(training_payload(graph_payload(root, params, title), record))
