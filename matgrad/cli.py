@@ -136,7 +136,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--explore", metavar="FILE", help="write the explorer page: graph, weight snapshots, curves (.html)"
     )
     train.add_argument(
-        "--explore-every", type=_positive_int, metavar="N", help="snapshot the weights every N steps (default: ~20 in all)"
+        "--explore-every",
+        type=_positive_int,
+        metavar="N",
+        help="snapshot the weights every N steps (default: ~20 in all)",
     )
     train.add_argument(
         "--live",

@@ -1,4 +1,4 @@
-"""The explorer page (matgrad.viz.explore, in matgrad/viz/explorer.py): the data it carries, checked in Python, and the page
+"""The explorer page (matgrad.viz.explore, matgrad/viz/explorer.py): its data checked in Python, and the page
 itself driven in headless Chromium with the network cut off (tests/browser.py).
 
 In the browser: the page loads from file:// with no console error and no request but its own
@@ -323,6 +323,11 @@ for (const c of document.querySelectorAll(arguments[0])) {
 return out;
 """
 
+_PARAM_NODE = """
+const nodes = [...document.querySelectorAll('[data-kind=param]')];
+return nodes.find(e => e.textContent.startsWith(arguments[0])).dataset.node;
+"""
+
 _WALK = """
 const r = document.getElementById('step');
 const seen = {forward: {}, backward: {}};
@@ -363,14 +368,14 @@ def test_clicking_a_parameter_shows_value_and_gradient(tmp_path: Path, browser: 
     viz.explore(loss, tmp_path / "mlp.html", params=model)
     open_page(browser, tmp_path / "mlp.html")
     assert browser.run_js("return document.querySelectorAll('#inspector canvas').length") == 0
-    node = browser.run_js("return [...document.querySelectorAll('[data-kind=param]')].find(e => e.textContent.startsWith('2.weight')).dataset.node")
+    node = browser.run_js(_PARAM_NODE, "2.weight")
     browser.click(f'[data-node="{node}"]')
     text = browser.run_js("return document.getElementById('inspector').textContent")
     assert "2.weight" in text and "10\u00d7128" in text and "gradient" in text
     assert all(n > 50 for n in browser.run_js(_NON_BLANK, "#inspector canvas.value"))
     assert all(n > 50 for n in browser.run_js(_NON_BLANK, "#inspector canvas.grad"))
     # the first layer's weight reads as 128 images of 28x28
-    node = browser.run_js("return [...document.querySelectorAll('[data-kind=param]')].find(e => e.textContent.startsWith('0.weight')).dataset.node")
+    node = browser.run_js(_PARAM_NODE, "0.weight")
     browser.click(f'[data-node="{node}"]')
     assert "each row as a 28\u00d728 image" in browser.run_js("return document.getElementById('inspector').textContent")
     assert browser.run_js("return document.querySelector('#inspector canvas.grad').width") == 16 * 29 - 1

@@ -40,7 +40,7 @@ from typing import Any, Sequence
 
 from matgrad._errors import ArgumentError, ArgumentTypeError, GraphError
 from matgrad.autograd import engine as _engine
-from matgrad.autograd.function import Function, FunctionOp, _Output
+from matgrad.autograd.function import Function, FunctionOp
 from matgrad.autograd.grad_mode import no_grad
 from matgrad.autograd.graph import Op
 from matgrad.tensor import Tensor2D, _wrap
@@ -48,15 +48,23 @@ from matgrad.viz.graph import (
     _as_roots,
     _gc_paused,
     _is_module,
-    _module_label,
     _number,
     _params_once,
-    _plan,
     _Plan,
+    _plan,
     _write_atomic,
 )
 
-__all__ = ["Explorer", "TrainingRecord", "encode_matrix", "explore", "graph_payload", "parse_rule", "render_page", "rule_of"]
+__all__ = [
+    "Explorer",
+    "TrainingRecord",
+    "encode_matrix",
+    "explore",
+    "graph_payload",
+    "parse_rule",
+    "render_page",
+    "rule_of",
+]
 
 MAX_CELLS = 131_072  # matrices above this many elements are block-averaged (a 128x784 weight stays whole)
 MAX_SIDE = 512  # ... and so are those wider or taller than this, unless shown as images
@@ -104,6 +112,7 @@ def encode_matrix(t: Tensor2D, tile: bool = False, max_cells: int = MAX_CELLS) -
         a = np.asarray(t.numpy(), dtype=np.float64).reshape(rows, cols)
         finite = np.isfinite(a)
         good = a[finite]
+        stats: list[Any]
         if good.size:
             stats = [float(good.min()), float(good.mean()), float(good.max()), bool(finite.all())]
         else:
@@ -278,8 +287,12 @@ def _with_shapes(rule: str, symbols: dict[str, tuple[int, int]]) -> str:
     text = html.escape(rule, quote=False)
     if not symbols:
         return text
-    pattern = re.compile(r"(?<![\w.])(" + "|".join(re.escape(s) for s in sorted(symbols, key=len, reverse=True)) + r")(?!\w)")
-    return pattern.sub(lambda m: f'<span class="sym">{m.group(1)}<sub>{_shape_text(symbols[m.group(1)])}</sub></span>', text)
+    pattern = re.compile(
+        r"(?<![\w.])(" + "|".join(re.escape(s) for s in sorted(symbols, key=len, reverse=True)) + r")(?!\w)"
+    )
+    return pattern.sub(
+        lambda m: f'<span class="sym">{m.group(1)}<sub>{_shape_text(symbols[m.group(1)])}</sub></span>', text
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,8 +383,8 @@ def _layout(nodes: list[_Node], edges: list[tuple[int, int, str]]) -> list[list[
     for src, dst, _ in edges:
         chain: list[int] = []
         prev = src
-        for layer in range(nodes[src].layer + 1, nodes[dst].layer):
-            items.append([float(layer), 8.0, 8.0, 0.0, 0.0])
+        for crossed in range(nodes[src].layer + 1, nodes[dst].layer):
+            items.append([float(crossed), 8.0, 8.0, 0.0, 0.0])
             up.append([prev])
             down.append([])
             down[prev].append(len(items) - 1)
@@ -419,9 +432,9 @@ def _layout(nodes: list[_Node], edges: list[tuple[int, int, str]]) -> list[list[
     def centre(k: int) -> float:
         return items[k][4] + items[k][2] / 2
 
-    for it in range(8):  # pull each row towards its neighbours' centres, then undo overlaps
-        neighbours = up if it % 2 == 0 else down
-        for layer in layers if it % 2 == 0 else reversed(layers):
+    for rnd in range(8):  # pull each row towards its neighbours' centres, then undo overlaps
+        neighbours = up if rnd % 2 == 0 else down
+        for layer in layers if rnd % 2 == 0 else reversed(layers):
             low = -math.inf
             for k in layer:
                 near = neighbours[k] or up[k] or down[k]
@@ -620,7 +633,9 @@ def _steps(nodes: list[_Node], edges: list[tuple[int, int, str]], back: _Backwar
             assert op is not None
             forward, backward = rule_of(op)
             symbols = _symbols(op, forward, backward, t.shape)
-            body = [f'<div class="eq fwd">{_with_shapes(forward, symbols) if forward else html.escape(op.describe())}</div>']
+            body = [
+                f'<div class="eq fwd">{_with_shapes(forward, symbols) if forward else html.escape(op.describe())}</div>'
+            ]
             body.append(_bindings(op, backward, nodes, node))
             body.append(f'<div class="note">{_who(node)} computes a {_shape_text(t.shape)} {t.dtype} result</div>')
             used = sorted({e for j in node.inputs for e in edge_index.get((j, k), [])})
@@ -684,9 +699,7 @@ def _steps(nodes: list[_Node], edges: list[tuple[int, int, str]], back: _Backwar
             arrived = _arrival(nodes, sources, f"{node.title}.grad" if node.role != "root" else "G", g)
             body = [arrived]
         body.append(_grad_note(g))
-        steps.append(
-            {"phase": "backward", "node": k, "head": head, "html": "".join(body), "edges": sorted(set(used))}
-        )
+        steps.append({"phase": "backward", "node": k, "head": head, "html": "".join(body), "edges": sorted(set(used))})
     return steps
 
 
@@ -888,7 +901,9 @@ class Explorer:
         return f"<Explorer: {self.node_count} nodes, {fwd} forward and {len(steps) - fwd} backward steps>"
 
 
-def explore(root: Any, path: str | os.PathLike[str] | None = None, *, params: Any = None, title: str | None = None) -> Explorer:
+def explore(
+    root: Any, path: str | os.PathLike[str] | None = None, *, params: Any = None, title: str | None = None
+) -> Explorer:
     """An interactive page of the graph behind ``root`` (a tensor or a list of them).
 
     ``params``: a Module, a dict or ``(name, tensor)`` pairs naming parameters (by default, the
@@ -925,7 +940,7 @@ class TrainingRecord:
         self.max_snapshots = max_snapshots
         self.loss: list[float | None] = []
         self.acc: list[float | None] = []
-        self.epochs: list[dict[str, float]] = []
+        self.epochs: list[dict[str, float | None]] = []
         self.snaps: list[dict[str, Any]] = []
         self.done = False
         self.total_steps = 0
@@ -946,10 +961,19 @@ class TrainingRecord:
         params = {}
         for name, p in self.model.named_parameters():
             tile = _tile_side(p.ncols) > 0
-            params[str(name)] = [encode_matrix(p.detach(), tile), encode_matrix(p.grad, tile) if p.grad is not None else None]
+            params[str(name)] = [
+                encode_matrix(p.detach(), tile),
+                encode_matrix(p.grad, tile) if p.grad is not None else None,
+            ]
         with self._lock:
             step = len(self.loss)
-            snap = {"id": self._next_id, "step": step, "epoch": epoch, "loss": self.loss[-1] if self.loss else None, "p": params}
+            snap = {
+                "id": self._next_id,
+                "step": step,
+                "epoch": epoch,
+                "loss": self.loss[-1] if self.loss else None,
+                "p": params,
+            }
             self._next_id += 1
             self.snaps.append(snap)
             if len(self.snaps) > self.max_snapshots:  # keep the first and the latest, thin the rest

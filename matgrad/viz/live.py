@@ -81,8 +81,7 @@ class LiveServer:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://127.0.0.1:{self._server.server_address[1]}/"
 
     def wait_for_final(self, timeout: float) -> bool:
         """Give a page that is polling the chance to see the finished record (at most ``timeout`` s)."""
@@ -145,7 +144,9 @@ class TrainingExplorer:
         acc = None
         if logits is not None:
             preds = [row[0] for row in logits.argmax(axis=1).tolist()]
-            labels = [int(v) for row in targets.tolist() for v in row] if isinstance(targets, Tensor2D) else list(targets)
+            labels = (
+                [int(v) for row in targets.tolist() for v in row] if isinstance(targets, Tensor2D) else list(targets)
+            )
             acc = sum(p == t for p, t in zip(preds, labels)) / max(len(preds), 1)
         self.record.step(loss, acc, epoch)
 
