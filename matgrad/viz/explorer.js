@@ -337,11 +337,16 @@
       el("line", { class: "marker", x1: x, x2: x, y1: 0, y2: 120 }, c);
     }
     const last = T.epochs[T.epochs.length - 1];
+    const lossNow = losses.length ? losses[losses.length - 1][1] : null;
+    $("loss-cap").textContent = losses.length
+      ? `training loss per step, 0 to ${fmt(hi)} (now ${fmt(lossNow)}), over ${n} steps`
+      : "no step yet";
+    $("acc-cap").textContent = "accuracy from 0 to 100%: each batch, and train / test after each epoch" +
+      (last && last.test_acc !== null ? ` (test ${(100 * last.test_acc).toFixed(1)}% after epoch ${last.epoch})` : "");
     const title = el("title", {}, L);
     title.textContent = `loss per step (max ${fmt(hi)})`;
     $("train-label").innerHTML = s
-      ? `snapshot ${snap + 1}/${T.snaps.length}: step ${s.step}, epoch ${s.epoch}, loss ${fmt(s.loss)}` +
-        (last ? ` &middot; epoch ${last.epoch}: test accuracy ${(100 * last.test_acc).toFixed(1)}%` : "")
+      ? `snapshot ${snap + 1}/${T.snaps.length}: weights and gradients after step ${s.step} (epoch ${s.epoch}), loss ${fmt(s.loss)}`
       : "no snapshot yet";
   }
   function showSnap(k) {
