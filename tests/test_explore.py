@@ -32,6 +32,7 @@ from matgrad import nn, viz
 from matgrad._errors import ArgumentError
 from matgrad.cli import main
 from matgrad.data import load_mnist
+from matgrad.viz import explorer
 from matgrad.viz.explorer import MAX_CELLS, TrainingRecord, encode_matrix, parse_rule, rule_of
 from matgrad.viz.graph import _plan
 
@@ -210,6 +211,40 @@ def test_matrices_are_quantised_and_large_ones_downsampled() -> None:
     assert wide["sc"] <= 512 and wide["fc"] > 1
     tiles = encode_matrix(mg.rand(300, 784), tile=True)  # rows as 28x28 images: whole rows, fewer of them
     assert tiles["tile"] == 28 and tiles["fc"] == 1 and tiles["sr"] == MAX_CELLS // 784
+
+
+@pytest.mark.parametrize(("shape", "tile"), [((5, 7), False), ((700, 600), False), ((3, 784), True)])
+def test_the_pure_python_encoding_matches_numpys(
+    shape: tuple[int, int], tile: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mg.manual_seed(3)
+    rows = mg.randn(*shape).tolist()
+    rows[0][0] = float("inf")
+    t = mg.Tensor2D(rows)
+    fast = encode_matrix(t, tile)
+    monkeypatch.setattr(explorer, "_numpy", lambda: None)  # as on a machine without NumPy
+    slow = encode_matrix(t, tile)
+    assert {k: v for k, v in slow.items() if k not in ("d", "stats")} == {
+        k: v for k, v in fast.items() if k not in ("d", "stats")
+    }
+    assert slow["stats"][3] is fast["stats"][3] is False
+    assert slow["stats"][:3] == pytest.approx(fast["stats"][:3], rel=1e-9)
+    a, b = base64.b64decode(slow["d"]), base64.b64decode(fast["d"])
+    assert len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b)) <= 1 and a[0] == b[0] == 255
+
+
+def test_the_size_benchmark_runs() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "explorer_size.py"), "--loads", "0"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| file size | 0." in proc.stdout and "budget 3 MB" in proc.stdout
 
 
 def test_the_mnist_mlp_page_stays_small_and_self_contained(tmp_path: Path) -> None:
