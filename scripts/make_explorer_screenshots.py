@@ -29,8 +29,9 @@ OUT = ROOT / "docs" / "images"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import matgrad as mg  # noqa: E402
 from browser import Browser  # noqa: E402  (tests/browser.py: the test suite's headless Chromium)
+
+import matgrad as mg  # noqa: E402
 from matgrad import nn, viz  # noqa: E402
 from matgrad.cli import main as cli  # noqa: E402
 from matgrad.data import load_mnist  # noqa: E402
