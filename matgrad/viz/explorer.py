@@ -43,7 +43,8 @@ from matgrad.autograd import engine as _engine
 from matgrad.autograd.function import Function, FunctionOp
 from matgrad.autograd.grad_mode import no_grad
 from matgrad.autograd.graph import Op
-from matgrad.tensor import Tensor2D, _wrap
+from matgrad.creation import ones_like
+from matgrad.tensor import Tensor2D
 from matgrad.viz.graph import (
     _as_roots,
     _gc_paused,
@@ -324,7 +325,7 @@ def _nodes(plan: _Plan) -> tuple[list[_Node], dict[int, int], dict[int, int], li
     leaf_node: dict[int, int] = {}  # plan position of a leaf or root -> its tensor node
     edges: list[tuple[int, int, str]] = []
     for i, t in enumerate(plan.order):
-        op = t._op
+        op = t.op
         if op is not None:
             title = op.describe()
             if plan.label[i] and not plan.is_root(i):
@@ -529,7 +530,7 @@ def _replay(
 ) -> _Backward:
     """Run every rule in the engine's order (``_topological_order`` reversed), recording each gradient."""
     empty = _Backward({}, [], {}, [])
-    outs = [r for r in roots if r.requires_grad and r._op is not None]
+    outs = [r for r in roots if r.requires_grad and r.op is not None]
     if not outs:
         empty.note = "nothing in this graph requires grad, so there is no backward pass"
         return empty
@@ -540,7 +541,7 @@ def _replay(
         grads = {
             leaf_node[i]: t.grad
             for i, t in enumerate(plan.order)
-            if i in leaf_node and t.grad is not None and t._op is None
+            if i in leaf_node and t.grad is not None and t.op is None
         }
         empty.grads = grads
         empty.note = (
@@ -550,12 +551,12 @@ def _replay(
         return empty
     node_of = {}  # id(tensor) -> the node that carries its gradient
     for i, t in enumerate(plan.order):
-        node_of[id(t)] = op_node[i] if t._op is not None else leaf_node[i]
+        node_of[id(t)] = op_node[i] if t.op is not None else leaf_node[i]
     pending: dict[int, Tensor2D] = {}
     result = _Backward({}, [], {}, [])
     with no_grad():
         for r in {id(r): r for r in outs}.values():
-            seed = _wrap(r._backend.full(r.nrows, r.ncols, 1.0, r.dtype), r._backend)
+            seed = ones_like(r)
             k = node_of[id(r)]
             pending[k] = seed if k not in pending else pending[k] + seed
             root_node = leaf_node[plan.pos[id(r)]]  # the output's own node: its seed is step one
@@ -570,7 +571,7 @@ def _replay(
                 continue
             result.grads[k] = g
             result.order.append(k)
-            op = t._op
+            op = t.op
             if op is None:
                 continue
             in_grads = op.backward(g, *op.inputs)
@@ -587,7 +588,7 @@ def _replay(
 
 def _forward_order(nodes: list[_Node]) -> list[int]:
     """Ops in creation order; each leaf just before its first consumer, each root just after its op."""
-    ops = sorted((k for k, node in enumerate(nodes) if node.kind == "op"), key=lambda k: nodes[k].tensor._op.seq)  # type: ignore[union-attr]
+    ops = sorted((k for k, node in enumerate(nodes) if node.kind == "op"), key=lambda k: nodes[k].tensor.op.seq)  # type: ignore[union-attr]
     roots_of: dict[int, list[int]] = {}
     for k, node in enumerate(nodes):
         if node.role == "root" and node.inputs:
@@ -629,7 +630,7 @@ def _steps(nodes: list[_Node], edges: list[tuple[int, int, str]], back: _Backwar
         t = node.tensor
         head = f"forward {n_step}/{len(fwd)}"
         if node.kind == "op":
-            op = t._op
+            op = t.op
             assert op is not None
             forward, backward = rule_of(op)
             symbols = _symbols(op, forward, backward, t.shape)
@@ -664,7 +665,7 @@ def _steps(nodes: list[_Node], edges: list[tuple[int, int, str]], back: _Backwar
             ]
             used = [e for j in node.inputs for e in edge_index.get((j, k), [])]
         elif node.kind == "op":
-            op = t._op
+            op = t.op
             assert op is not None
             forward, backward = rule_of(op)
             symbols = _symbols(op, forward, backward, t.shape)
@@ -711,7 +712,7 @@ def _arrival(nodes: list[_Node], sources: list[tuple[int, int]], name: str, g: T
         if pos < 0:
             parts.append(f"the seed of {_who(nodes[src])}")
             continue
-        op = nodes[src].tensor._op
+        op = nodes[src].tensor.op
         names = _input_symbols(op, rule_of(op)[1]) if op is not None else []
         sym = f"d{names[pos]}" if pos < len(names) and names[pos] else f"gradient #{pos}"
         parts.append(f"{html.escape(sym)} from {_who(nodes[src])}")
@@ -822,7 +823,7 @@ def graph_payload(root: Any, params: Any = None, title: str | None = None) -> di
             "bwd": first_bwd.get(k, -1),
         }
         if node.kind == "op":
-            op = t._op
+            op = t.op
             assert op is not None
             forward, backward = rule_of(op)
             symbols = _symbols(op, forward, backward, t.shape)
