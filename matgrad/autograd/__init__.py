@@ -24,6 +24,7 @@ from matgrad.autograd.grad_mode import (
 from matgrad.autograd.graph import Op, RemovableHandle, record, register_record_hook  # isort: skip
 from matgrad.autograd.engine import backward, grad
 from matgrad.autograd.function import Function, FunctionCtx
+
 from matgrad.autograd import functional  # isort: skip
 
 __all__ = [

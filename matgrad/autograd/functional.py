@@ -216,7 +216,11 @@ def _grad(
 
 
 def _fill_in_zeros(
-    grads: Sequence[Tensor2D | None], refs: Sequence[Tensor2D], strict: bool, create_graph: bool, why: Callable[[int], str]
+    grads: Sequence[Tensor2D | None],
+    refs: Sequence[Tensor2D],
+    strict: bool,
+    create_graph: bool,
+    why: Callable[[int], str],
 ) -> tuple[Tensor2D, ...]:
     """Zeros for a missing gradient, or (strict) a GraphError saying ``why(i)``."""
     out = []
@@ -241,8 +245,12 @@ def _unpack(res: tuple[Tensor2D, ...], is_tuple: bool) -> Tensors:
 
 
 def _unpack2(res: Sequence[Sequence[Tensor2D]], outer: bool, inner: bool) -> Nested:
-    rows = tuple(tuple(r) if inner else r[0] for r in res)
-    return rows if outer else rows[0]
+    """``[output][input]`` blocks nested as PyTorch's: a tuple level only where the side was a tuple."""
+    if inner:
+        rows = tuple(tuple(r) for r in res)
+        return rows if outer else rows[0]
+    firsts = tuple(r[0] for r in res)
+    return firsts if outer else firsts[0]
 
 
 def _one_hot(ref: Tensor2D, k: int) -> Tensor2D:
@@ -257,7 +265,10 @@ def _assemble(parts: list[Tensor2D], axis: int, create_graph: bool) -> Tensor2D:
         shaped = [p.reshape(1, -1) if axis == 0 else p.reshape(-1, 1) for p in parts]
         return shaped[0] if len(shaped) == 1 else _ops.cat(shaped, axis)
     be = parts[0]._backend
-    raw = [be.reshape(p._data, 1, p.nrows * p.ncols) if axis == 0 else be.reshape(p._data, p.nrows * p.ncols, 1) for p in parts]
+    raw = [
+        be.reshape(p._data, 1, p.nrows * p.ncols) if axis == 0 else be.reshape(p._data, p.nrows * p.ncols, 1)
+        for p in parts
+    ]
     return _wrap(raw[0] if len(raw) == 1 else be.cat(raw, 0 if axis == 0 else 1), be)
 
 
@@ -324,14 +335,14 @@ def _jacobian_by_columns(
     for j, (inp, g) in enumerate(zip(inputs, gin)):
         if g is None or not g.requires_grad:  # J^T u does not depend on u: this input's columns are zero
             continue
-        for l in range(inp.nrows * inp.ncols):
+        for e in range(inp.nrows * inp.ncols):
             cs = _engine.grad(
-                [g], us, [_one_hot(inp, l)], retain_graph=True, create_graph=create_graph, allow_unused=True
+                [g], us, [_one_hot(inp, e)], retain_graph=True, create_graph=create_graph, allow_unused=True
             )
             for c, i in zip(cs, live):
                 if c is None:
                     continue
-                if l == 0 and strict and create_graph and not c.requires_grad:
+                if e == 0 and strict and create_graph and not c.requires_grad:
                     raise _constant(fn, i, outputs[i], j, inp)
                 reached[i][j] = True
                 cols[i][j].append(c)
@@ -393,7 +404,11 @@ def vjp(
         vs = _v_or_scalar(v, outs, out_tuple, create_graph, "vjp", "output")
         grads = _grad(outs, xs, vs, create_graph)
         res = _fill_in_zeros(
-            grads, xs, strict, create_graph, lambda i: f"vjp(strict=True): the outputs of func do not depend on input {i}"
+            grads,
+            xs,
+            strict,
+            create_graph,
+            lambda i: f"vjp(strict=True): the outputs of func do not depend on input {i}",
         )
     return _unpack(_post(outs, create_graph), out_tuple), _unpack(_post(res, create_graph), in_tuple)
 
