@@ -20,6 +20,10 @@ Columns, best of ``--repeats`` runs each:
   ``vectorize=True`` (one batched call), when torch is installed; the script checks that torch's
   Jacobian, reshaped row-major, equals matgrad's.
 
+A second table puts the products beside one forward pass, on the same MLP at the largest batch:
+``f(W1)`` alone, ``vjp`` and ``jvp`` of the logits (a random ``v``), and ``vhp`` and ``hvp`` of
+the cross-entropy loss, each with respect to ``W1``; the ratio column divides by the forward pass.
+
 BLAS runs on one thread by default (``--threads``), as in the other benchmarks: on a shared
 machine a multi-threaded BLAS call stalls whenever one of its threads is descheduled.
 """
@@ -70,6 +74,39 @@ def torch_row(torch: Any, TF: Any, params: tuple[Any, ...], x: Any, jac: Any, re
     t_vmap, _ = best_of(repeats, lambda: TF.jacobian(tf, tw1, vectorize=True))
     diff = float(np.abs(tjac.reshape(jac.nrows, -1).numpy() - jac.numpy()).max())
     return [f"{t_loop * 1e3:.1f}", f"{t_vmap * 1e3:.1f}", f"{diff:.1e}"]
+
+
+def products_table(mg: Any, F: Any, params: tuple[Any, ...], x: Any, repeats: int) -> None:
+    """Forward pass, vjp, jvp, vhp and hvp with respect to W1, side by side, best of ``repeats`` each."""
+    from matgrad.autograd.functional import hvp, jvp, vhp, vjp
+
+    w1, b1, w2, b2 = params
+    labels = mg.data.load_mnist(sample=True, backend="numpy").y_train[: x.nrows]
+
+    def logits(w: Any) -> Any:
+        return F.linear(F.linear(x, w, b1).relu(), w2, b2)
+
+    def loss(w: Any) -> Any:
+        return F.cross_entropy(logits(w), labels)
+
+    v_out = mg.randn(x.nrows, 10, dtype="float32")
+    v_in = mg.randn(*w1.shape, dtype="float32")
+    w = w1.detach()
+    cases = [
+        ("forward pass f(W1)", lambda: logits(w)),
+        ("vjp(f, W1, v): v^T J", lambda: vjp(logits, w1, v_out)),
+        ("jvp(f, W1, u): J u", lambda: jvp(logits, w1, v_in)),
+        ("vhp(loss, W1, u): u^T H", lambda: vhp(loss, w1, v_in)),
+        ("hvp(loss, W1, u): H u", lambda: hvp(loss, w1, v_in)),
+    ]
+    times = []
+    for _, fn in cases:
+        fn()  # warm-up
+        times.append(best_of(repeats, fn)[0])
+    rows = [[name, f"{t * 1e3:.2f}", f"{t / times[0]:.1f}"] for (name, _), t in zip(cases, times)]
+    print(f"products with respect to W1, batch {x.nrows}:")
+    print(_bench.markdown_table(["computation", "ms", "x forward"], rows))
+    print()
 
 
 def main() -> None:
@@ -124,6 +161,7 @@ def main() -> None:
             row += torch_row(torch, TF, (w1, b1, w2, b2), x, jac, args.repeats)
         rows.append(row)
         jac = None
+    products_table(mg, F, (w1, b1, w2, b2), images[: batches[-1]], args.repeats)
     header = ["output (B x 10)", "Jacobian", "matgrad ms", "ms per row", "matgrad, rest frozen ms"]
     if torch is not None:
         header += ["torch loop ms", "torch vmap ms", "max abs difference"]
