@@ -14,7 +14,7 @@ A ``Tensor2D`` wraps a row-major matrix and records the op and the inputs that m
 from __future__ import annotations
 
 # tensor first: the modules below import Tensor2D from it
-from matgrad.tensor import Tensor2D, get_default_dtype, set_default_dtype  # isort: skip
+from matgrad.tensor import Tensor2D, from_numpy, get_default_dtype, set_default_dtype  # isort: skip
 from matgrad import data, functional, metrics, nn, optim, viz
 from matgrad._errors import (
     AnomalyError,
@@ -94,6 +94,7 @@ __all__ = [
     "exp",
     "eye",
     "full",
+    "from_numpy",
     "full_like",
     "functional",
     "get_backend",

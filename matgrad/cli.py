@@ -17,7 +17,11 @@ import platform
 import shutil
 import sys
 import time
+from itertools import pairwise
 from typing import Any, NoReturn, Sequence
+
+from matgrad._errors import ArgumentError
+from matgrad._files import atomic_write, check_output, new_temp, remove_quietly, why_not_regular
 
 __all__ = ["main"]
 
@@ -176,30 +180,143 @@ def _plot_curves(path: str, history: list[dict[str, float]]) -> None:
     ax_acc.set_ylabel("accuracy")
     ax_acc.legend()
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}{os.path.splitext(path)[1]}"
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with atomic_write(path, "--plot") as f:
+            fig.savefig(f, format=os.path.splitext(path)[1].lstrip(".").lower())
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 GRAPH_SUFFIXES = (".svg", ".png", ".pdf", ".dot", ".gv")
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
-def _check_writable(path: str, option: str, suffixes: Sequence[str] = ()) -> None:
-    """Refuse, before any work, an output file whose folder is missing or whose suffix we cannot write."""
+def _check_suffix(option: str, path: str, suffixes: Sequence[str]) -> None:
     if suffixes and os.path.splitext(path)[1].lower() not in suffixes:
         raise CommandError(
             f"{option} {path}: cannot write {os.path.basename(path)!r}; name a {', '.join(suffixes[:-1])} "
             f"or {suffixes[-1]} file"
         )
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise CommandError(f"{option} {path}: the folder {folder} does not exist")
+
+
+def _check_writable(path: str, option: str, suffixes: Sequence[str] = ()) -> str:
+    """Refuse, before any work, an output that cannot be written; returns the file it will replace.
+
+    The suffix must be one we write; the path must not be a directory, FIFO or device, nor a
+    read-only file; its folder must exist and be writable, which is tested by creating and
+    removing a file there (permissions alone miss read-only mounts and ACLs).
+    """
+    if not path:
+        raise CommandError(f"{option}: the file name is empty")
+    _check_suffix(option, path, suffixes)
+    try:
+        target = check_output(path, option)
+    except OSError as exc:
+        raise CommandError(exc.strerror or str(exc)) from None
+    except ArgumentError as exc:
+        raise CommandError(str(exc)) from None
+    folder, name = os.path.split(target)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CommandError(f"{option}: cannot write {path}: permission denied on the folder {folder}")
+    try:
+        probe, f = new_temp(folder, name)
+    except OSError as exc:
+        raise CommandError(f"{option}: cannot write {path}: cannot create a file in {folder}: {exc.strerror}") from None
+    f.close()
+    remove_quietly(probe)
+    return target
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether real paths ``a`` and ``b`` name one file: equal, or hard links to one inode."""
+    if os.path.normcase(a) == os.path.normcase(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet): different names of different files
+        return False
+
+
+def _check_outputs(outputs: Sequence[tuple[str, str | None, Sequence[str]]], inputs: Sequence[tuple[str, str]]) -> None:
+    """Check every output of a command before it starts, and that no two of them, and no output
+    and an input, are the same file (compared after symlinks; hard links too).
+
+    ``outputs`` are (option, path or None, accepted suffixes); ``inputs`` (what, path).
+    """
+    dot_missing = shutil.which("dot") is None
+    claimed: list[tuple[str, str, str]] = []  # (option, path as given, real path)
+    for option, path, suffixes in outputs:
+        if path is None:
+            continue
+        target = _check_writable(path, option, suffixes)
+        files = [target]
+        if dot_missing and option in ("--graph", "-o") and os.path.splitext(target)[1].lower() not in (".dot", ".gv"):
+            files.append(os.path.splitext(target)[0] + ".dot")  # render_graph's fallback without Graphviz
+        for real in files:
+            for other_option, other_path, other_real in claimed:
+                if _same_file(real, other_real):
+                    raise CommandError(
+                        f"{option} {path} and {other_option} {other_path} are the same file"
+                        + ("" if real == target else f" ({real}, written when Graphviz's dot is missing)")
+                        + "; give each output its own file"
+                    )
+            for what, input_path in inputs:
+                if _same_file(real, os.path.realpath(input_path)):
+                    raise CommandError(
+                        f"{option} {path} is {what} {input_path}; writing it would destroy an input, so name "
+                        "another file"
+                    )
+        claimed += [(option, path, real) for real in files]
+
+
+def _data_files(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The MNIST files a command reads (or downloads), as (description, path) inputs."""
+    from matgrad.data.mnist import NAMES, SAMPLE_DIR, default_root
+
+    root = SAMPLE_DIR if args.data is None and not args.download else args.data or default_root()
+    what = "the MNIST file"
+    return [(what, os.path.join(root, name + suffix)) for name in NAMES for suffix in ("", ".gz")]
+
+
+def _check_input(option: str, path: str) -> None:
+    """Refuse an input that is not a regular file, saying what it is (never opening a FIFO)."""
+    why = why_not_regular(path)
+    if why is not None:
+        raise CommandError(f"{option} {path}: {why}")
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+
+def _element_size() -> int:
+    import matgrad as mg
+    from matgrad._memory import element_bytes
+
+    return element_bytes(mg.get_backend(), str(mg.get_default_dtype()))
+
+
+def _estimate_mlp(sizes: Sequence[int], rows: int, *, training: bool, state: int = 0) -> int:
+    """Bytes an MLP of ``sizes`` needs on the current backend and dtype: its parameters, and in
+    training their gradients and ``state`` optimiser buffers each; one temporary the size of the
+    largest weight (initialisation draws it, an update computes it); the activations of ``rows``
+    inputs (kept for backward, with their gradients, in training)."""
+    each = _element_size()
+    weights = [a * b for a, b in pairwise(sizes)]
+    params = sum(weights) + sum(sizes[1:])
+    outputs = sum(sizes[1:])
+    if training:
+        # parameters, gradients, optimiser state; one layer's update temporary; activations
+        # (linear and relu outputs) and their gradients
+        elements = params * (2 + state) + max(weights) + rows * (sizes[0] + 4 * outputs)
+    else:  # parameters, the temporary that initialising the largest one takes, activations
+        elements = params + max(weights) + rows * (sizes[0] + 2 * outputs)
+    return elements * each
+
+
+def _check_memory(need: int, what: str, fix: str) -> None:
+    from matgrad._memory import check_memory
+
+    check_memory(need, what, fix, CommandError)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -223,13 +340,10 @@ def _train(args: argparse.Namespace) -> int:
     from matgrad.data import DataLoader
     from matgrad.metrics import accuracy, confusion_matrix, format_confusion_matrix, predict
 
-    for option, path, suffixes in (
-        ("--save", args.save, ()),
-        ("--graph", args.graph, GRAPH_SUFFIXES),
-        ("--plot", args.plot, PLOT_SUFFIXES),
-    ):
-        if path:
-            _check_writable(path, option, suffixes)
+    _check_outputs(
+        [("--save", args.save, ()), ("--graph", args.graph, GRAPH_SUFFIXES), ("--plot", args.plot, PLOT_SUFFIXES)],
+        _data_files(args),
+    )
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -244,6 +358,13 @@ def _train(args: argparse.Namespace) -> int:
 
     mg.manual_seed(args.seed)
     sizes = [x_train.ncols, *args.hidden, 10]
+    state = {"adam": 2, "sgd": 1 if args.momentum else 0}[args.optimizer]
+    rows = max(min(args.batch_size, x_train.nrows), min(1000, x_train.nrows))  # a batch, or predict's 1000 rows
+    _check_memory(
+        _estimate_mlp(sizes, rows, training=True, state=state),
+        f"training MLP {'-'.join(map(str, sizes))} with {args.optimizer} at batch {args.batch_size}",
+        "use smaller --hidden sizes or a smaller --batch-size",
+    )
     model = nn.MLP(sizes)
     if args.optimizer == "sgd":
         opt: optim.Optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
@@ -320,19 +441,38 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _infer_mlp(state: dict[str, Any], metadata: dict[str, str], path: str) -> list[int]:
+def _infer_mlp(shapes: dict[str, tuple[int, int]], metadata: dict[str, str], path: str) -> list[int]:
+    """The MLP sizes of a checkpoint, from its metadata or its tensors' shapes, and checked
+    against those shapes: nothing is built from metadata that the tensors do not bear out."""
     if metadata.get("sizes"):
+        text = metadata["sizes"]
         try:
-            return [int(s) for s in metadata["sizes"].split(",")]
+            sizes = [int(s) for s in text.split(",")]
         except ValueError:
-            raise CommandError(f"{path}: unreadable 'sizes' metadata {metadata['sizes']!r}") from None
-    sizes: list[int] = []
+            raise CommandError(f"{path}: unreadable 'sizes' metadata {text!r}") from None
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise CommandError(f"{path}: 'sizes' metadata {text!r} is not an MLP (two or more positive sizes)")
+        for i, (fan_in, fan_out) in enumerate(pairwise(sizes)):
+            for key, want in ((f"{2 * i}.weight", (fan_out, fan_in)), (f"{2 * i}.bias", (1, fan_out))):
+                have = shapes.get(key)
+                if have != want:
+                    held = "no such tensor" if have is None else f"{have[0]}x{have[1]}"
+                    raise CommandError(
+                        f"{path}: its 'sizes' metadata {text!r} needs {key} of {want[0]}x{want[1]}, but the file "
+                        f"holds {held}; the metadata does not match the tensors (a corrupted or edited file)"
+                    )
+        return sizes
+    sizes = []
     index = 0
-    while f"{index}.weight" in state:
-        w = state[f"{index}.weight"]
+    while f"{index}.weight" in shapes:
+        rows, cols = shapes[f"{index}.weight"]
         if not sizes:
-            sizes.append(w.ncols)
-        sizes.append(w.nrows)
+            sizes.append(cols)
+        elif cols != sizes[-1]:
+            raise CommandError(
+                f"{path}: {index}.weight is {rows}x{cols}, but the layer before it has {sizes[-1]} outputs"
+            )
+        sizes.append(rows)
         index += 2
     if len(sizes) < 2:
         raise CommandError(f"{path}: not an MLP checkpoint (expected keys 0.weight, 0.bias, 2.weight, ...)")
@@ -342,16 +482,24 @@ def _infer_mlp(state: dict[str, Any], metadata: dict[str, str], path: str) -> li
 def _eval(args: argparse.Namespace) -> int:
     import matgrad as mg
     from matgrad import nn
-    from matgrad.io import load_metadata
+    from matgrad.io import load_header
     from matgrad.metrics import accuracy, confusion_matrix, format_confusion_matrix, predict
 
-    if not os.path.isfile(args.model):
-        raise CommandError(f"--model {args.model}: no such file")
+    _check_input("--model", args.model)
     _use_backend(args.backend)
+    # the header alone (bounded, validated) first: check before allocating anything
+    header, metadata = load_header(args.model)
+    sizes = _infer_mlp({name: info.shape for name, info in header.items()}, metadata, args.model)
+    loaded = sum(info.shape[0] * info.shape[1] for info in header.values())
+    _check_memory(
+        _estimate_mlp(sizes, 1000, training=False) + loaded * _element_size(),  # the model and the loaded state
+        f"{args.model}: evaluating MLP {'-'.join(map(str, sizes))}",
+        "evaluate it on a machine with more memory",
+    )
     state = mg.load(args.model)
-    sizes = _infer_mlp(state, load_metadata(args.model), args.model)
     model = nn.MLP(sizes)
     model.load_state_dict(state)
+    del state
     data, source = _load_data(args)
     if data.x_test.ncols != sizes[0]:
         raise CommandError(f"{args.model}: the model takes {sizes[0]} inputs but the images have {data.x_test.ncols}")
@@ -370,12 +518,17 @@ def _graph(args: argparse.Namespace) -> int:
     from matgrad.data import load_mnist
     from matgrad.viz import draw_model_graph, render_graph
 
-    _check_writable(args.output, "-o", GRAPH_SUFFIXES)
+    _check_outputs([("-o", args.output, GRAPH_SUFFIXES)], [])
     data = load_mnist(sample=True)
     mg.manual_seed(0)
     sizes = [data.x_train.ncols, *args.hidden, 10]
+    n = min(args.batch_size, data.x_train.nrows)
+    _check_memory(
+        _estimate_mlp(sizes, n, training=args.backward),
+        f"drawing MLP {'-'.join(map(str, sizes))}",
+        "use smaller --hidden sizes (the drawing is the same for any width)",
+    )
     model = nn.MLP(sizes)
-    n = args.batch_size
     dot = draw_model_graph(model, data.x_train[:n], data.y_train[:n], grad=False, backward=args.backward)
     render_graph(dot, args.output)
     what = "gradient graph" if args.backward else "loss graph"
@@ -411,6 +564,12 @@ def _info(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"train": _train, "eval": _eval, "graph": _graph, "info": _info}
+_MEMORY_HINTS = {
+    "train": "use smaller --hidden sizes, a smaller --batch-size or --limit, or free memory",
+    "eval": "the model or the data is too large for this machine; free memory or use a larger one",
+    "graph": "use smaller --hidden sizes or a smaller --batch-size",
+    "info": "free memory",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -431,6 +590,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("matgrad: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryError:  # NumPy's _ArrayMemoryError too: one line that says what to change
+        print(f"matgrad {args.command}: error: out of memory; {_MEMORY_HINTS[args.command]}", file=sys.stderr)
+        return EXIT_ERROR
     except (CommandError, MatgradError, OSError, ValueError) as exc:
         print(f"matgrad {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR

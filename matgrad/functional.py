@@ -375,6 +375,7 @@ def binary_cross_entropy_with_logits(input: Tensor2D, target: Tensor2D, reductio
     return _reduce(BCEWithLogits()(input, target), red)
 
 
+# --8<-- [start:softplus]
 class Softplus(Op):
     """``C = log(1 + exp(beta A)) / beta``;  ``dA = G * sigmoid(beta A)`` (``C = A``, ``dA = G`` above the threshold).
 
@@ -409,6 +410,9 @@ def softplus(input: Tensor2D, beta: float = 1.0, threshold: float = 20.0) -> Ten
     if not beta > 0:
         raise ArgumentError(f"softplus: beta must be positive, got {beta!r}")
     return Softplus(float(beta), float(threshold))(input)
+
+
+# --8<-- [end:softplus]
 
 
 class Dropout(Op):

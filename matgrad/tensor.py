@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Tensor2D",
+    "from_numpy",
     "get_default_dtype",
     "set_default_dtype",
 ]
@@ -321,6 +322,39 @@ class Tensor2D:
         return self._op.inputs if self._op is not None else ()
 
     @property
+    def native(self) -> Any:
+        """The backend's own matrix holding the values (a NumPy array, a python-backend ``Matrix``).
+
+        The door to the kernel level, for optimisers, I/O and extensions: it shares storage, and
+        an in-place change through it bypasses the version checks (call ``_mark_changed``).
+        """
+        return self._data
+
+    @property
+    def kernels(self) -> Backend:
+        """The backend object whose kernels work on ``native`` (``t.kernels.matmul(a, b)``)."""
+        return self._backend
+
+    @classmethod
+    def from_native(cls, data: Any, backend: str | Backend | None = None) -> Tensor2D:
+        """A leaf around a backend's own matrix, sharing it: no copy, no conversion (the kernel-level door).
+
+        ``backend`` defaults to the one whose matrices look like ``data`` (a NumPy array: numpy).
+        The matrix must be 2-D, non-empty and of a matgrad dtype; NumPy arrays C-contiguous.
+        """
+        be = _native_backend(data) if backend is None else _backends.get(backend)
+        shape = getattr(data, "shape", None)
+        if not (isinstance(shape, tuple) and len(shape) == 2 and shape[0] >= 1 and shape[1] >= 1):
+            raise ShapeError(f"from_native: expected a non-empty 2-D matrix of {be.name}, got shape {shape}")
+        name = be.dtype(data)
+        if name not in DTYPES:
+            raise DTypeError(f"from_native: a matrix of dtype {name}; matgrad holds float32, float64 and int64")
+        flags = getattr(data, "flags", None)
+        if flags is not None and not flags["C_CONTIGUOUS"]:
+            raise ShapeError("from_native: the array is not C-contiguous (row-major); pass numpy.ascontiguousarray(a)")
+        return _wrap(data, be)
+
+    @property
     def T(self) -> Tensor2D:
         """The transpose."""
         return _ops.transpose(self)
@@ -454,6 +488,19 @@ class Tensor2D:
         _ops.check_inplace_operand("copy_", self, src)
         self._backend.assign(self._data, src._data if isinstance(src, Tensor2D) else float(src))
         self._changed_by("copy_")
+        return self
+
+    def set_(self, source: Tensor2D) -> Tensor2D:
+        """Make this tensor share ``source``'s storage, shape, dtype and backend (as PyTorch's ``set_``).
+
+        How ``Module.to`` converts parameters while keeping them the same objects; counts as an
+        in-place change for the version checks.
+        """
+        self._check_inplace("set_")
+        if not isinstance(source, Tensor2D):
+            raise ArgumentTypeError(f"set_: expected a Tensor2D, got {type(source).__name__}")
+        self._data, self._backend = source._data, source._backend
+        self._changed_by("set_")
         return self
 
     def add_(self, other: Tensor2D | Scalar, alpha: builtins.float = 1.0) -> Tensor2D:
@@ -668,6 +715,30 @@ def _format_rows(t: Tensor2D, indent: int) -> str:
     width = max(len(c) for r in table if r is not None for c in r)
     lines = ["..." if r is None else "[" + ", ".join(c.rjust(width) for c in r) + "]" for r in table]
     return "[" + (",\n" + " " * (indent + 1)).join(lines) + "]"
+
+
+def _native_backend(data: Any) -> Backend:
+    """The backend whose native matrices look like ``data``."""
+    if type(data).__module__.startswith("matgrad.backends.python"):
+        return _backends.get("python")
+    if type(data).__module__ == "numpy":
+        return _backends.get("numpy")
+    raise ArgumentTypeError(
+        f"from_native: cannot tell which backend holds a {type(data).__name__}; pass backend='numpy' or 'python'"
+    )
+
+
+def from_numpy(array: Any) -> Tensor2D:
+    """A tensor sharing ``array``'s memory, as ``torch.from_numpy``: float32, float64 and int64 keep their dtype.
+
+    The numpy backend's tensor *is* the array: changes to one show in the other. Other integer
+    dtypes are refused (``array.astype(numpy.int64)``); so are views that are not row-major.
+    """
+    if not (hasattr(array, "dtype") and hasattr(array, "ndim") and type(array).__module__ == "numpy"):
+        raise ArgumentTypeError(f"from_numpy: expected a NumPy array, got {type(array).__name__}")
+    if array.ndim != 2:
+        raise ShapeError(f"from_numpy: expected a 2-D array, got {array.ndim}-D with shape {tuple(array.shape)}")
+    return Tensor2D.from_native(array, "numpy")
 
 
 def _wrap(data: Any, backend: Backend) -> Tensor2D:

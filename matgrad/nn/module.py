@@ -16,7 +16,7 @@ from matgrad._errors import ArgumentError, ArgumentTypeError, CheckpointError, D
 from matgrad.autograd.grad_mode import no_grad
 from matgrad.autograd.graph import RemovableHandle
 from matgrad.backends.base import FLOAT_DTYPES
-from matgrad.tensor import Tensor2D, _wrap, dtype_name
+from matgrad.tensor import Tensor2D, dtype_name
 
 __all__ = [
     "IncompatibleKeys",
@@ -397,7 +397,11 @@ class Module:
         for p in self.parameters():
             if p.grad is not None:
                 # a fresh tensor, never zeroed in place: a .grad may share storage with another's
-                p.grad = None if set_to_none else _wrap(p._backend.full(p.nrows, p.ncols, 0.0, p.dtype), p._backend)
+                p.grad = (
+                    None
+                    if set_to_none
+                    else Tensor2D.from_native(p.kernels.full(p.nrows, p.ncols, 0.0, p.dtype), p.kernels)
+                )
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self, *, prefix: str = "", keep_vars: bool = False) -> OrderedDict[str, Tensor2D]:
@@ -481,12 +485,12 @@ class Module:
     def _converted(value: Any, param: Tensor2D) -> Tensor2D:
         """``value`` (a Tensor2D or an array from ``_entry``) with the parameter's shape, dtype and backend."""
         if isinstance(value, Tensor2D):
-            if value._backend is param._backend and value.dtype == param.dtype:
+            if value.kernels is param.kernels and value.dtype == param.dtype:
                 return value
-            return Tensor2D(value, dtype=param.dtype, backend=param._backend)
+            return Tensor2D(value, dtype=param.dtype, backend=param.kernels)
         if len(value.shape) == 1:
             value = value.reshape(1, param.ncols)
-        return Tensor2D(value, dtype=param.dtype, backend=param._backend)
+        return Tensor2D(value, dtype=param.dtype, backend=param.kernels)
 
     # -- conversion -----------------------------------------------------------------------------
     def to(self: M, dtype: Any = None, backend: str | None = None) -> M:
@@ -500,13 +504,12 @@ class Module:
             raise DTypeError(f"{self._get_name()}.to: parameters must be floating, not {dt}")
         be = None if backend is None else _backends.get(backend)
         for p in self.parameters():
-            new_be = be or p._backend
+            new_be = be or p.kernels
             new_dt = dt or p.dtype
-            if new_be is p._backend and new_dt == p.dtype:
+            if new_be is p.kernels and new_dt == p.dtype:
                 continue
-            p._data = Tensor2D(p.detach(), dtype=new_dt, backend=new_be)._data
-            p._backend = new_be
-            p._mark_changed(f"{self._get_name()}.to()")
+            with no_grad():
+                p.set_(Tensor2D(p.detach(), dtype=new_dt, backend=new_be))
             if p.grad is not None:
                 p.grad = Tensor2D(p.grad.detach(), dtype=new_dt, backend=new_be)
         return self
