@@ -43,7 +43,7 @@ from matgrad._errors import ArgumentError, ArgumentTypeError, BackendError, DTyp
 from matgrad.autograd import engine as _engine
 from matgrad.autograd.grad_mode import enable_grad
 from matgrad.backends.base import FLOAT_DTYPES
-from matgrad.tensor import Tensor2D, _wrap
+from matgrad.tensor import Tensor2D
 
 __all__ = ["hessian", "hvp", "jacobian", "jvp", "vhp", "vjp"]
 
@@ -164,7 +164,7 @@ def _prepare_v(
                 f"{fn}: {name} is {_shape(a)} but {what} {i} is {_shape(r)}; v must have the shape of the "
                 f"{what} it multiplies"
             )
-        if a._backend is not r._backend:
+        if a.kernels is not r.kernels:
             raise BackendError(f"{fn}: {name} is on {a.backend} but {what} {i} is on {r.backend}; move it with .to()")
         if a.dtype != r.dtype:
             raise DTypeError(f"{fn}: {name} is {a.dtype} but {what} {i} is {r.dtype}; convert it with .to({r.dtype!r})")
@@ -190,8 +190,8 @@ def _v_or_scalar(
 
 
 def _zeros(ref: Tensor2D) -> Tensor2D:
-    be = ref._backend
-    return _wrap(be.full(ref.nrows, ref.ncols, 0.0, ref.dtype), be)
+    be = ref.kernels
+    return Tensor2D.from_native(be.full(ref.nrows, ref.ncols, 0.0, ref.dtype), be)
 
 
 def _grad(
@@ -255,8 +255,8 @@ def _unpack2(res: Sequence[Sequence[Tensor2D]], outer: bool, inner: bool) -> Nes
 
 def _one_hot(ref: Tensor2D, k: int) -> Tensor2D:
     """A tensor shaped like ``ref``, zero but for a 1 at the row-major position ``k``."""
-    be, (r, c) = ref._backend, ref.shape
-    return _wrap(be.take_adjoint(be.full(1, 1, 1.0, ref.dtype), r, c, [k // c], [k % c]), be)
+    be, (r, c) = ref.kernels, ref.shape
+    return Tensor2D.from_native(be.take_adjoint(be.full(1, 1, 1.0, ref.dtype), r, c, [k // c], [k % c]), be)
 
 
 def _assemble(parts: list[Tensor2D], axis: int, create_graph: bool) -> Tensor2D:
@@ -264,17 +264,17 @@ def _assemble(parts: list[Tensor2D], axis: int, create_graph: bool) -> Tensor2D:
     if create_graph:
         shaped = [p.reshape(1, -1) if axis == 0 else p.reshape(-1, 1) for p in parts]
         return shaped[0] if len(shaped) == 1 else _ops.cat(shaped, axis)
-    be = parts[0]._backend
+    be = parts[0].kernels
     raw = [
-        be.reshape(p._data, 1, p.nrows * p.ncols) if axis == 0 else be.reshape(p._data, p.nrows * p.ncols, 1)
+        be.reshape(p.native, 1, p.nrows * p.ncols) if axis == 0 else be.reshape(p.native, p.nrows * p.ncols, 1)
         for p in parts
     ]
-    return _wrap(raw[0] if len(raw) == 1 else be.cat(raw, 0 if axis == 0 else 1), be)
+    return Tensor2D.from_native(be.cat(raw, 0 if axis == 0 else 1), be)  # a copy even of one part: owned, row-major
 
 
 def _block_zeros(out: Tensor2D, inp: Tensor2D) -> Tensor2D:
-    be = inp._backend
-    return _wrap(be.full(out.nrows * out.ncols, inp.nrows * inp.ncols, 0.0, inp.dtype), be)
+    be = inp.kernels
+    return Tensor2D.from_native(be.full(out.nrows * out.ncols, inp.nrows * inp.ncols, 0.0, inp.dtype), be)
 
 
 def _independent(fn: str, i: int, out: Tensor2D, j: int, inp: Tensor2D) -> GraphError:
