@@ -485,7 +485,7 @@ class Tensor2D:
     def copy_(self, src: Tensor2D | Scalar) -> Tensor2D:
         """Overwrite the values with ``src`` (same shape, or broadcast); returns ``self``."""
         self._check_inplace("copy_")
-        _ops.check_inplace_operand("copy_", self, src)
+        _checks.inplace_operand("copy_", self, src)
         self._backend.assign(self._data, src._data if isinstance(src, Tensor2D) else float(src))
         self._changed_by("copy_")
         return self
@@ -508,7 +508,7 @@ class Tensor2D:
         self._check_inplace("add_")
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
             raise ArgumentTypeError(f"add_: alpha must be a real number, got {type(alpha).__name__}")
-        _ops.check_inplace_operand("add_", self, other, alpha)
+        _checks.inplace_operand("add_", self, other, alpha)
         be = self._backend
         if isinstance(other, Tensor2D):
             be.axpy(self._data, other._data, float(alpha))
@@ -520,7 +520,7 @@ class Tensor2D:
     def mul_(self, factor: Tensor2D | Scalar) -> Tensor2D:
         """``self *= factor`` in place; returns ``self``."""
         self._check_inplace("mul_")
-        _ops.check_inplace_operand("mul_", self, factor)
+        _checks.inplace_operand("mul_", self, factor)
         be = self._backend
         be.assign(self._data, be.mul(self._data, factor._data if isinstance(factor, Tensor2D) else float(factor)))
         self._changed_by("mul_")
@@ -756,6 +756,7 @@ def _wrap(data: Any, backend: Backend) -> Tensor2D:
 
 
 # Bound last: these modules import Tensor2D from here.
+from matgrad import _checks  # noqa: E402
 from matgrad import ops as _ops  # noqa: E402
 from matgrad.autograd import engine as _engine  # noqa: E402
 from matgrad.autograd import grad_mode as _grad_mode  # noqa: E402
