@@ -38,6 +38,7 @@ from __future__ import annotations
 import builtins
 import functools
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -193,6 +194,10 @@ class _Recorder:
         # longer give up and run eagerly after it, so no value may be read back into Python later
         self.mutated = False
         self.native_types: tuple[type, ...] = ()
+        self.thread = threading.get_ident()  # other threads' kernels run, unrecorded
+
+    def ours(self) -> bool:
+        return not self.depth and threading.get_ident() == self.thread
 
     # -- references ----------------------------------------------------------------------------
     def ref(self, value: Any) -> Any:
@@ -246,7 +251,7 @@ class _Recorder:
 
         @functools.wraps(method)
         def recorded(*args: Any, **kwargs: Any) -> Any:
-            if recorder.depth:
+            if not recorder.ours():
                 return method(*args, **kwargs)
             refs = recorder.ref(args)
             krefs = {k: recorder.ref(v) for k, v in kwargs.items()}
@@ -279,7 +284,7 @@ class _Recorder:
 
         @functools.wraps(original)
         def recorded(*args: Any, **kwargs: Any) -> Any:
-            if recorder.depth:
+            if not recorder.ours():
                 return original(*args, **kwargs)
             if kwargs or any(not isinstance(a, (int, float, bool, type(None))) for a in args):
                 recorder.fail(f"{label} was called with arguments a plan cannot hold")
@@ -365,7 +370,7 @@ class _Capture:
         rec = self.recorder
 
         def backward(tensor: Tensor2D, grad: Any = None, retain_graph: Any = None, create_graph: bool = False) -> None:
-            if rec.depth:
+            if not rec.ours():
                 original(tensor, grad, retain_graph, create_graph)
                 return None
             order = _engine._topological_order([tensor]) if tensor.requires_grad else []
@@ -390,7 +395,7 @@ class _Capture:
 
         def mark(tensor: Tensor2D, how: str) -> None:
             original(tensor, how)
-            if not rec.depth:
+            if rec.ours():
                 rec.trace.items.append(MarkChanged(rec.tensor_ref(tensor), how))
                 rec.mutated = True
 
@@ -436,10 +441,13 @@ class Plan:
         for ref in _refs_of(t.output):
             if ref.kind == "slot":
                 last_use[ref.index] = len(t.items)
-        lines = ["def replay(inputs, objects):"]
+        lines = ["def replay(inputs, objects, committed):"]
+        first_unsafe = next((pos for pos, item in enumerate(t.items) if _unsafe(item)), None)
         for k in range(len(t.externals)):
             env[f"e{k}"] = t.externals[k]
         for pos, item in enumerate(t.items):
+            if pos == first_unsafe:
+                lines.append("    committed[0] = True")
             if isinstance(item, Kernel):
                 fn = f"k{pos}"
                 env[fn] = getattr(type(item.backend), item.name).__get__(item.backend)
@@ -522,6 +530,15 @@ class Plan:
                 out.append(f"  {grads}")
         out.append(f"  return {_show_output(t.output, show)}")
         return "\n".join(out)
+
+
+def _unsafe(item: Any) -> bool:
+    """A side effect that must not happen twice: after it, a replay cannot hand over to eager."""
+    if isinstance(item, Kernel):
+        return item.name in _MUTATING
+    if isinstance(item, Call):
+        return item.method != "zero_grad"
+    return isinstance(item, (SetGrads, MarkChanged))
 
 
 def _refs(item: Any) -> list[Ref]:
@@ -646,7 +663,9 @@ class CompiledFunction:
 
     def __call__(self, *args: Any) -> Any:
         described = [_describe_arg(a) for a in args]
-        key = (tuple(k for k, _ in described), state.grad_enabled)
+        datas = [id(a._data) if isinstance(a, Tensor2D) else None for a in args]
+        sharing = tuple(datas.index(d) if d is not None else -1 for d in datas)  # arguments sharing storage
+        key = (tuple(k for k, _ in described), sharing, state.grad_enabled)
         if state.anomaly or debug.on:
             self.stats["eager"] += 1
             return self.fn(*args)
@@ -672,7 +691,7 @@ class CompiledFunction:
         inputs = [a._data if isinstance(a, Tensor2D) else None for a in args]
         rec = _Recorder(inputs)
         rec.input_objects = {id(a): i for i, a in enumerate(args) if isinstance(a, Tensor2D)}
-        with _Capture(rec) as capture:
+        with _capture_lock, _Capture(rec) as capture:
             result = self.fn(*args)
         trace = rec.trace
         trace.output = self._output(rec, result)
@@ -720,16 +739,22 @@ class CompiledFunction:
                 return _FALLBACK
         inputs = [a._data if isinstance(a, Tensor2D) else None for a in args]
         inputs += [a for a in reversed(args)]  # inputs[-i-1]: the i-th argument itself (a leaf's .grad)
+        committed = [False]
         try:
-            result = plan.run(inputs, t.objects)
+            result = plan.run(inputs, t.objects, committed)
         except _Bail:
             return _FALLBACK
+        except Exception:
+            if committed[0]:
+                raise
+            return _FALLBACK  # e.g. a class index out of range: eager says it properly
         plan.replays += 1
         self.stats["replayed"] += 1
         return result
 
 
 _FALLBACK = object()
+_capture_lock = threading.Lock()  # one capture at a time: it patches kernels process-wide
 
 
 def _own_parameters(module: Any) -> list[Tensor2D]:
