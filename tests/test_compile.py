@@ -86,7 +86,7 @@ def test_new_shapes_capture_a_new_plan(backend: str) -> None:
     _, _, train_step = _setup(backend)
     step = mg.compile(train_step)
     big, small = _batches(backend, 3, rows=16), _batches(backend, 3, rows=5)
-    model_e, _, eager = _setup(backend)
+    _, _, eager = _setup(backend)
     for b in (big, small, big, small):
         for xb, yb in b:
             assert step(xb, yb).item() == eager(xb, yb).item()
@@ -312,7 +312,7 @@ def test_other_threads_are_not_recorded_while_capturing() -> None:
     thread = threading.Thread(target=busy)
     thread.start()
     try:
-        model_e, _, eager = _setup("numpy")
+        _, _, eager = _setup("numpy")
         for xb, yb in _batches("numpy", 6):
             assert step(xb, yb).item() == eager(xb, yb).item()
     finally:
