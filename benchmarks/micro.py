@@ -86,7 +86,7 @@ def op_cases(seed: int = 0) -> list[dict[str, Any]]:
         return rng.standard_normal(shape, dtype=np.float32)
 
     def t(a: Any, grad: bool) -> Any:
-        x = mg.tensor._wrap(a, be)
+        x = mg.Tensor2D.from_native(a, be)
         x.requires_grad = grad
         return x
 
@@ -149,8 +149,8 @@ def _train_step_case(mg: Any, np: Any, rng: Any) -> dict[str, Any]:
     model = mg.nn.MLP(sizes, backend="numpy")
     with mg.no_grad():
         for lin, (w, b) in zip([m for m in model if isinstance(m, mg.nn.Linear)], params):
-            lin.weight.copy_(mg.tensor._wrap(w, be))
-            lin.bias.copy_(mg.tensor._wrap(b.reshape(1, -1), be))
+            lin.weight.copy_(mg.Tensor2D.from_native(w, be))
+            lin.bias.copy_(mg.Tensor2D.from_native(b.reshape(1, -1), be))
     opt = mg.optim.SGD(model.parameters(), lr=0.1)
     xb = rng.random((64, 784), dtype=np.float32)
     yb = rng.integers(0, 10, size=64).astype(np.int64)
@@ -158,8 +158,8 @@ def _train_step_case(mg: Any, np: Any, rng: Any) -> dict[str, Any]:
         "model": model,
         "opt": opt,
         "F": mg.functional,
-        "xb": mg.tensor._wrap(xb, be),
-        "yb": mg.tensor._wrap(yb.reshape(-1, 1), be),
+        "xb": mg.Tensor2D.from_native(xb, be),
+        "yb": mg.Tensor2D.from_native(yb.reshape(-1, 1), be),
     }
     return {
         "op": "train step 784-128-10",
@@ -404,7 +404,7 @@ def optimizer_overhead(repeats: int, min_time: float) -> list[dict[str, Any]]:
         rng = np.random.default_rng(0)
         grads = [rng.standard_normal(p.shape, dtype=np.float32) * 1e-6 for p in params]
         for p, g in zip(params, grads):
-            p.grad = mg.tensor._wrap(g, be)
+            p.grad = mg.Tensor2D.from_native(g, be)
         opt = mg.optim.SGD(params, lr=0.1)
         raw = [(p.numpy().copy(), g) for p, g in zip(params, grads)]
         lr = np.float32(0.1)

@@ -17,7 +17,7 @@ one epoch of the training loop only:
         zero_grad(); loss.backward(); step()         # backward and update
 
 - matgrad-numpy: ``mg.nn.MLP(sizes)``, ``mg.functional.cross_entropy``, ``mg.optim.SGD``; the
-  gather (``--gather wrap``, default) is ``_wrap(X[idx])`` on NumPy arrays, the same fancy indexing
+  gather (``--gather wrap``, default) is ``Tensor2D.from_native(X[idx])`` on NumPy arrays, the same fancy indexing
   as the reference, so the difference measures matgrad itself; ``--gather index`` indexes a
   Tensor2D instead (``X_t[idx]``, what a user would write).
 - numpy-reference: ``benchmarks/reference_numpy.py`` (manual backward, buffers reused, in place).
@@ -71,7 +71,7 @@ def _matgrad_trainer(args: argparse.Namespace, backend: str, x: Any, y: Any) -> 
     import numpy as np
 
     import matgrad as mg
-    from matgrad.tensor import _wrap
+    from matgrad import Tensor2D
 
     mg.set_backend(backend)
     be = mg.backends.get(backend)
@@ -106,7 +106,7 @@ def _matgrad_trainer(args: argparse.Namespace, backend: str, x: Any, y: Any) -> 
                 opt.step()
 
     elif args.gather == "index":
-        x_t, y_t = _wrap(x, be), _wrap(y.reshape(-1, 1), be)
+        x_t, y_t = Tensor2D.from_native(x, be), Tensor2D.from_native(y.reshape(-1, 1), be)
 
         def epoch(perm: Any) -> None:
             for lo in range(0, len(perm), bs):
@@ -123,7 +123,7 @@ def _matgrad_trainer(args: argparse.Namespace, backend: str, x: Any, y: Any) -> 
         def epoch(perm: Any) -> None:
             for lo in range(0, len(perm), bs):
                 idx = perm[lo : lo + bs]
-                xb, yb = _wrap(x[idx], be), _wrap(y2[idx], be)
+                xb, yb = Tensor2D.from_native(x[idx], be), Tensor2D.from_native(y2[idx], be)
                 loss = F.cross_entropy(model(xb), yb)
                 opt.zero_grad()
                 loss.backward()

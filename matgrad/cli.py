@@ -4,6 +4,8 @@
     matgrad train --data DIR --epochs 3 --save model.safetensors
     matgrad eval --model model.safetensors
     matgrad graph --hidden 128,64 -o mlp.svg
+    matgrad explore -o graph.html      # step through forward and backward in the browser
+    matgrad train --explore run.html   # ... with snapshots of the weights; --live serves it while training
     matgrad info
 
 Errors (bad options, missing files, unreadable checkpoints) print one line and exit non-zero.
@@ -17,7 +19,14 @@ import platform
 import shutil
 import sys
 import time
-from typing import Any, NoReturn, Sequence
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
+
+from matgrad._errors import ArgumentError
+from matgrad._files import atomic_write, check_output, new_temp, remove_quietly, why_not_regular
+
+if TYPE_CHECKING:
+    from matgrad.tensor import Tensor2D
 
 __all__ = ["main"]
 
@@ -70,6 +79,16 @@ def _seed(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 (any free port) to 65535, got {value}")
+    return value
+
+
 def _hidden_sizes(text: str) -> list[int]:
     sizes = []
     for part in text.split(","):
@@ -96,7 +115,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Autodiff at matrix granularity: train an MLP on MNIST from scratch, and look inside.",
     )
     parser.add_argument("--version", action="version", version=f"matgrad {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,graph,info}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,graph,explore,info}", parser_class=_Parser)
 
     def data_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -120,6 +139,26 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", metavar="FILE", help="write the trained model (.safetensors)")
     train.add_argument("--graph", metavar="FILE", help="draw the loss graph of one batch (.svg, .png, .pdf, .dot)")
     train.add_argument("--plot", metavar="FILE", help="draw loss and accuracy curves (needs matplotlib)")
+    train.add_argument(
+        "--explore", metavar="FILE", help="write the explorer page: graph, weight snapshots, curves (.html)"
+    )
+    train.add_argument(
+        "--explore-every",
+        type=_positive_int,
+        metavar="N",
+        help="snapshot the weights every N steps (default: ~20 in all)",
+    )
+    train.add_argument(
+        "--live",
+        nargs="?",
+        const=0,
+        type=_port,
+        metavar="PORT",
+        help="serve the explorer on 127.0.0.1 while training (no PORT: a free one)",
+    )
+    train.add_argument(
+        "--compile", action="store_true", help="replay each step's captured kernels (matgrad.compile): faster"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ev = sub.add_parser("eval", help="evaluate a saved model", description="Evaluate a saved MLP on MNIST's test set.")
@@ -131,6 +170,17 @@ def _build_parser() -> argparse.ArgumentParser:
     graph.add_argument("-o", "--output", default="mlp.svg", metavar="FILE", help="output file (default mlp.svg)")
     graph.add_argument("--batch-size", type=_positive_int, default=8, help="rows in the example batch (default 8)")
     graph.add_argument("--backward", action="store_true", help="draw the gradient graph instead")
+
+    ex = sub.add_parser(
+        "explore",
+        help="write an MLP's explorer page",
+        description="Write the interactive explorer of an untrained MLP's loss on a batch of the MNIST sample.",
+    )
+    ex.add_argument("--hidden", type=_hidden_sizes, default=[128], metavar="SIZES", help="hidden sizes (128,64)")
+    ex.add_argument("-o", "--output", default="graph.html", metavar="FILE", help="output file (default graph.html)")
+    ex.add_argument("--batch-size", type=_positive_int, default=64, help="rows in the batch (default 64)")
+    ex.add_argument("--seed", type=_seed, default=0, help="random seed for the weights (default 0)")
+    ex.add_argument("--backend", choices=["numpy", "python"], help="matrix backend (default: numpy if installed)")
 
     sub.add_parser("info", help="versions, backends, Graphviz, data cache", description="Show the setup.")
     return parser
@@ -176,30 +226,144 @@ def _plot_curves(path: str, history: list[dict[str, float]]) -> None:
     ax_acc.set_ylabel("accuracy")
     ax_acc.legend()
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}{os.path.splitext(path)[1]}"
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with atomic_write(path, "--plot") as f:
+            fig.savefig(f, format=os.path.splitext(path)[1].lstrip(".").lower())
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 GRAPH_SUFFIXES = (".svg", ".png", ".pdf", ".dot", ".gv")
+EXPLORE_SUFFIXES = (".html", ".htm")
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
-def _check_writable(path: str, option: str, suffixes: Sequence[str] = ()) -> None:
-    """Refuse, before any work, an output file whose folder is missing or whose suffix we cannot write."""
+def _check_suffix(option: str, path: str, suffixes: Sequence[str]) -> None:
     if suffixes and os.path.splitext(path)[1].lower() not in suffixes:
         raise CommandError(
             f"{option} {path}: cannot write {os.path.basename(path)!r}; name a {', '.join(suffixes[:-1])} "
             f"or {suffixes[-1]} file"
         )
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise CommandError(f"{option} {path}: the folder {folder} does not exist")
+
+
+def _check_writable(path: str, option: str, suffixes: Sequence[str] = ()) -> str:
+    """Refuse, before any work, an output that cannot be written; returns the file it will replace.
+
+    The suffix must be one we write; the path must not be a directory, FIFO or device, nor a
+    read-only file; its folder must exist and be writable, which is tested by creating and
+    removing a file there (permissions alone miss read-only mounts and ACLs).
+    """
+    if not path:
+        raise CommandError(f"{option}: the file name is empty")
+    _check_suffix(option, path, suffixes)
+    try:
+        target = check_output(path, option)
+    except OSError as exc:
+        raise CommandError(exc.strerror or str(exc)) from None
+    except ArgumentError as exc:
+        raise CommandError(str(exc)) from None
+    folder, name = os.path.split(target)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CommandError(f"{option}: cannot write {path}: permission denied on the folder {folder}")
+    try:
+        probe, f = new_temp(folder, name)
+    except OSError as exc:
+        raise CommandError(f"{option}: cannot write {path}: cannot create a file in {folder}: {exc.strerror}") from None
+    f.close()
+    remove_quietly(probe)
+    return target
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether real paths ``a`` and ``b`` name one file: equal, or hard links to one inode."""
+    if os.path.normcase(a) == os.path.normcase(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet): different names of different files
+        return False
+
+
+def _check_outputs(outputs: Sequence[tuple[str, str | None, Sequence[str]]], inputs: Sequence[tuple[str, str]]) -> None:
+    """Check every output of a command before it starts, and that no two of them, and no output
+    and an input, are the same file (compared after symlinks; hard links too).
+
+    ``outputs`` are (option, path or None, accepted suffixes); ``inputs`` (what, path).
+    """
+    dot_missing = shutil.which("dot") is None
+    claimed: list[tuple[str, str, str]] = []  # (option, path as given, real path)
+    for option, path, suffixes in outputs:
+        if path is None:
+            continue
+        target = _check_writable(path, option, suffixes)
+        files = [target]
+        if dot_missing and option in ("--graph", "-o") and os.path.splitext(target)[1].lower() not in (".dot", ".gv"):
+            files.append(os.path.splitext(target)[0] + ".dot")  # render_graph's fallback without Graphviz
+        for real in files:
+            for other_option, other_path, other_real in claimed:
+                if _same_file(real, other_real):
+                    raise CommandError(
+                        f"{option} {path} and {other_option} {other_path} are the same file"
+                        + ("" if real == target else f" ({real}, written when Graphviz's dot is missing)")
+                        + "; give each output its own file"
+                    )
+            for what, input_path in inputs:
+                if _same_file(real, os.path.realpath(input_path)):
+                    raise CommandError(
+                        f"{option} {path} is {what} {input_path}; writing it would destroy an input, so name "
+                        "another file"
+                    )
+        claimed += [(option, path, real) for real in files]
+
+
+def _data_files(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The MNIST files a command reads (or downloads), as (description, path) inputs."""
+    from matgrad.data.mnist import NAMES, SAMPLE_DIR, default_root
+
+    root = SAMPLE_DIR if args.data is None and not args.download else args.data or default_root()
+    what = "the MNIST file"
+    return [(what, os.path.join(root, name + suffix)) for name in NAMES for suffix in ("", ".gz")]
+
+
+def _check_input(option: str, path: str) -> None:
+    """Refuse an input that is not a regular file, saying what it is (never opening a FIFO)."""
+    why = why_not_regular(path)
+    if why is not None:
+        raise CommandError(f"{option} {path}: {why}")
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+
+def _element_size() -> int:
+    import matgrad as mg
+    from matgrad._memory import element_bytes
+
+    return element_bytes(mg.get_backend(), str(mg.get_default_dtype()))
+
+
+def _estimate_mlp(sizes: Sequence[int], rows: int, *, training: bool, state: int = 0) -> int:
+    """Bytes an MLP of ``sizes`` needs on the current backend and dtype: its parameters, and in
+    training their gradients and ``state`` optimiser buffers each; one temporary the size of the
+    largest weight (initialisation draws it, an update computes it); the activations of ``rows``
+    inputs (kept for backward, with their gradients, in training)."""
+    each = _element_size()
+    weights = [a * b for a, b in pairwise(sizes)]
+    params = sum(weights) + sum(sizes[1:])
+    outputs = sum(sizes[1:])
+    if training:
+        # parameters, gradients, optimiser state; one layer's update temporary; activations
+        # (linear and relu outputs) and their gradients
+        elements = params * (2 + state) + max(weights) + rows * (sizes[0] + 4 * outputs)
+    else:  # parameters, the temporary that initialising the largest one takes, activations
+        elements = params + max(weights) + rows * (sizes[0] + 2 * outputs)
+    return elements * each
+
+
+def _check_memory(need: int, what: str, fix: str) -> None:
+    from matgrad._memory import check_memory
+
+    check_memory(need, what, fix, CommandError)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -223,13 +387,16 @@ def _train(args: argparse.Namespace) -> int:
     from matgrad.data import DataLoader
     from matgrad.metrics import accuracy, confusion_matrix, format_confusion_matrix, predict
 
-    for option, path, suffixes in (
-        ("--save", args.save, ()),
-        ("--graph", args.graph, GRAPH_SUFFIXES),
-        ("--plot", args.plot, PLOT_SUFFIXES),
-    ):
-        if path:
-            _check_writable(path, option, suffixes)
+    _check_outputs(
+        [
+            ("--save", args.save, ()),
+            ("--graph", args.graph, GRAPH_SUFFIXES),
+            ("--plot", args.plot, PLOT_SUFFIXES),
+            ("--explore", args.explore, EXPLORE_SUFFIXES),
+        ],
+        _data_files(args),
+    )
+    _check_explore_options(args)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -244,6 +411,13 @@ def _train(args: argparse.Namespace) -> int:
 
     mg.manual_seed(args.seed)
     sizes = [x_train.ncols, *args.hidden, 10]
+    state = {"adam": 2, "sgd": 1 if args.momentum else 0}[args.optimizer]
+    rows = max(min(args.batch_size, x_train.nrows), min(1000, x_train.nrows))  # a batch, or predict's 1000 rows
+    _check_memory(
+        _estimate_mlp(sizes, rows, training=True, state=state),
+        f"training MLP {'-'.join(map(str, sizes))} with {args.optimizer} at batch {args.batch_size}",
+        "use smaller --hidden sizes or a smaller --batch-size",
+    )
     model = nn.MLP(sizes)
     if args.optimizer == "sgd":
         opt: optim.Optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
@@ -252,6 +426,7 @@ def _train(args: argparse.Namespace) -> int:
         opt = optim.Adam(model.parameters(), lr=args.lr)
         recipe = f"Adam lr {args.lr:g}"
     loader = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed)
+    watch = _training_explorer(args, model, x_train, y_train, len(loader) * args.epochs, sizes)
     print(
         f"matgrad {mg.__version__} | backend {mg.get_backend()} | {source}: {x_train.nrows} training and "
         f"{data.x_test.nrows} test images"
@@ -260,6 +435,16 @@ def _train(args: argparse.Namespace) -> int:
         f"model MLP {'-'.join(map(str, sizes))} ({sum(p.nrows * p.ncols for p in model.parameters()):,} "
         f"parameters) | {recipe} | batch {args.batch_size} | {args.epochs} epochs | seed {args.seed}"
     )
+
+    def train_step(xb: Tensor2D, yb: Tensor2D) -> tuple[Tensor2D, Tensor2D]:
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss, logits
+
+    step = mg.compile(train_step) if args.compile else train_step
 
     from tqdm import tqdm
 
@@ -278,11 +463,10 @@ def _train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         for xb, yb in bar:
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            loss, logits = step(xb, yb)
             value = loss.item()
+            if watch is not None:
+                watch.step(value, logits, yb, epoch)
             total += value * xb.nrows
             seen += xb.nrows
             elapsed = time.perf_counter() - t0
@@ -292,6 +476,8 @@ def _train(args: argparse.Namespace) -> int:
         test_preds = predict(model, data.x_test)
         test_acc = accuracy(test_preds, data.y_test)
         history.append({"epoch": epoch, "loss": total / seen, "train_acc": train_acc, "test_acc": test_acc})
+        if watch is not None:
+            watch.end_epoch(epoch, total / seen, train_acc, test_acc)
         print(
             f"epoch {epoch:>3}/{args.epochs}  loss {total / seen:.4f}  train acc {train_acc:7.2%}  "
             f"test acc {test_acc:7.2%}  time {train_time:.2f}s ({seen / train_time:,.0f} img/s)"
@@ -317,22 +503,87 @@ def _train(args: argparse.Namespace) -> int:
     if args.plot:
         _plot_curves(args.plot, history)
         print(f"drew the training curves to {args.plot}")
+    if watch is not None:
+        written = watch.finish()
+        if written is not None:
+            snaps = len(watch.record.snaps)
+            print(f"wrote the explorer of the run ({snaps} snapshot{'s' if snaps != 1 else ''}) to {written}")
+        if args.live is not None:
+            print("stopped the live explorer")
     return 0
 
 
-def _infer_mlp(state: dict[str, Any], metadata: dict[str, str], path: str) -> list[int]:
+_running: list[Any] = []  # training explorers whose live server must stop with the command, Ctrl-C included
+
+
+def _check_explore_options(args: argparse.Namespace) -> None:
+    """``--explore-every`` needs something to snapshot for (``--explore`` is checked with the other outputs)."""
+    if args.explore_every is not None and not args.explore and args.live is None:
+        raise CommandError("--explore-every needs --explore FILE or --live")
+
+
+def _training_explorer(
+    args: argparse.Namespace, model: Any, x_train: Any, y_train: Any, total_steps: int, sizes: Sequence[int]
+) -> Any:
+    """The explorer of this run (``--explore``, ``--live``), its server started; None without them."""
+    if not args.explore and args.live is None:
+        return None
+    from matgrad.viz.live import TrainingExplorer
+
+    batch = min(args.batch_size, x_train.nrows)
+    every = args.explore_every or max(1, total_steps // 20)
+    watch = TrainingExplorer(
+        model,
+        x_train[:batch],
+        y_train[:batch],
+        path=args.explore,
+        port=args.live,
+        every=every,
+        title=f"MLP {'-'.join(map(str, sizes))}: loss on the first {batch} training images",
+    )
+    watch.record.total_steps = total_steps
+    try:
+        url = watch.start()
+    except OSError as exc:
+        raise CommandError(f"--live {args.live}: cannot serve on 127.0.0.1: {exc.strerror or exc}") from None
+    _running.append(watch)
+    if url:
+        print(f"live explorer at {url} (stops with the training, or Ctrl-C)", flush=True)
+    return watch
+
+
+def _infer_mlp(shapes: dict[str, tuple[int, int]], metadata: dict[str, str], path: str) -> list[int]:
+    """The MLP sizes of a checkpoint, from its metadata or its tensors' shapes, and checked
+    against those shapes: nothing is built from metadata that the tensors do not bear out."""
     if metadata.get("sizes"):
+        text = metadata["sizes"]
         try:
-            return [int(s) for s in metadata["sizes"].split(",")]
+            sizes = [int(s) for s in text.split(",")]
         except ValueError:
-            raise CommandError(f"{path}: unreadable 'sizes' metadata {metadata['sizes']!r}") from None
-    sizes: list[int] = []
+            raise CommandError(f"{path}: unreadable 'sizes' metadata {text!r}") from None
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise CommandError(f"{path}: 'sizes' metadata {text!r} is not an MLP (two or more positive sizes)")
+        for i, (fan_in, fan_out) in enumerate(pairwise(sizes)):
+            for key, want in ((f"{2 * i}.weight", (fan_out, fan_in)), (f"{2 * i}.bias", (1, fan_out))):
+                have = shapes.get(key)
+                if have != want:
+                    held = "no such tensor" if have is None else f"{have[0]}x{have[1]}"
+                    raise CommandError(
+                        f"{path}: its 'sizes' metadata {text!r} needs {key} of {want[0]}x{want[1]}, but the file "
+                        f"holds {held}; the metadata does not match the tensors (a corrupted or edited file)"
+                    )
+        return sizes
+    sizes = []
     index = 0
-    while f"{index}.weight" in state:
-        w = state[f"{index}.weight"]
+    while f"{index}.weight" in shapes:
+        rows, cols = shapes[f"{index}.weight"]
         if not sizes:
-            sizes.append(w.ncols)
-        sizes.append(w.nrows)
+            sizes.append(cols)
+        elif cols != sizes[-1]:
+            raise CommandError(
+                f"{path}: {index}.weight is {rows}x{cols}, but the layer before it has {sizes[-1]} outputs"
+            )
+        sizes.append(rows)
         index += 2
     if len(sizes) < 2:
         raise CommandError(f"{path}: not an MLP checkpoint (expected keys 0.weight, 0.bias, 2.weight, ...)")
@@ -342,16 +593,24 @@ def _infer_mlp(state: dict[str, Any], metadata: dict[str, str], path: str) -> li
 def _eval(args: argparse.Namespace) -> int:
     import matgrad as mg
     from matgrad import nn
-    from matgrad.io import load_metadata
+    from matgrad.io import load_header
     from matgrad.metrics import accuracy, confusion_matrix, format_confusion_matrix, predict
 
-    if not os.path.isfile(args.model):
-        raise CommandError(f"--model {args.model}: no such file")
+    _check_input("--model", args.model)
     _use_backend(args.backend)
+    # the header alone (bounded, validated) first: check before allocating anything
+    header, metadata = load_header(args.model)
+    sizes = _infer_mlp({name: info.shape for name, info in header.items()}, metadata, args.model)
+    loaded = sum(info.shape[0] * info.shape[1] for info in header.values())
+    _check_memory(
+        _estimate_mlp(sizes, 1000, training=False) + loaded * _element_size(),  # the model and the loaded state
+        f"{args.model}: evaluating MLP {'-'.join(map(str, sizes))}",
+        "evaluate it on a machine with more memory",
+    )
     state = mg.load(args.model)
-    sizes = _infer_mlp(state, load_metadata(args.model), args.model)
     model = nn.MLP(sizes)
     model.load_state_dict(state)
+    del state
     data, source = _load_data(args)
     if data.x_test.ncols != sizes[0]:
         raise CommandError(f"{args.model}: the model takes {sizes[0]} inputs but the images have {data.x_test.ncols}")
@@ -370,16 +629,51 @@ def _graph(args: argparse.Namespace) -> int:
     from matgrad.data import load_mnist
     from matgrad.viz import draw_model_graph, render_graph
 
-    _check_writable(args.output, "-o", GRAPH_SUFFIXES)
+    _check_outputs([("-o", args.output, GRAPH_SUFFIXES)], [])
     data = load_mnist(sample=True)
     mg.manual_seed(0)
     sizes = [data.x_train.ncols, *args.hidden, 10]
+    n = min(args.batch_size, data.x_train.nrows)
+    _check_memory(
+        _estimate_mlp(sizes, n, training=args.backward),
+        f"drawing MLP {'-'.join(map(str, sizes))}",
+        "use smaller --hidden sizes (the drawing is the same for any width)",
+    )
     model = nn.MLP(sizes)
-    n = args.batch_size
     dot = draw_model_graph(model, data.x_train[:n], data.y_train[:n], grad=False, backward=args.backward)
     render_graph(dot, args.output)
     what = "gradient graph" if args.backward else "loss graph"
     print(f"drew the {what} of MLP {'-'.join(map(str, sizes))} on a {n}-image batch to {args.output}")
+    return 0
+
+
+def _explore(args: argparse.Namespace) -> int:
+    import matgrad as mg
+    from matgrad import nn
+    from matgrad.data import load_mnist
+    from matgrad.functional import cross_entropy
+    from matgrad.viz import explore
+
+    _check_outputs([("-o", args.output, EXPLORE_SUFFIXES)], [])
+    _use_backend(args.backend)
+    data = load_mnist(sample=True)
+    mg.manual_seed(args.seed)
+    sizes = [data.x_train.ncols, *args.hidden, 10]
+    model = nn.MLP(sizes)
+    n = min(args.batch_size, data.x_train.nrows)
+    x = data.x_train[:n].detach()
+    x.name = "x"
+    loss = cross_entropy(model(x), data.y_train[:n])
+    loss.name = "loss"
+    page = explore(loss, params=model, title=f"MLP {'-'.join(map(str, sizes))}: loss on {n} MNIST images")
+    path = page.save(args.output)
+    steps = page.payload["steps"]
+    forward = page.payload["forward_steps"]
+    print(
+        f"wrote the explorer of MLP {'-'.join(map(str, sizes))} on a {n}-image batch to {path} "
+        f"({page.node_count} nodes, {forward} forward and {len(steps) - forward} backward steps, "
+        f"{os.path.getsize(path) / 1e6:.2f} MB)"
+    )
     return 0
 
 
@@ -410,7 +704,14 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "eval": _eval, "graph": _graph, "info": _info}
+_COMMANDS = {"train": _train, "eval": _eval, "graph": _graph, "explore": _explore, "info": _info}
+_MEMORY_HINTS = {
+    "train": "use smaller --hidden sizes, a smaller --batch-size or --limit, or free memory",
+    "eval": "the model or the data is too large for this machine; free memory or use a larger one",
+    "graph": "use smaller --hidden sizes or a smaller --batch-size",
+    "explore": "use smaller --hidden sizes or a smaller --batch-size",
+    "info": "free memory",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -431,9 +732,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("matgrad: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryError:  # NumPy's _ArrayMemoryError too: one line that says what to change
+        print(f"matgrad {args.command}: error: out of memory; {_MEMORY_HINTS[args.command]}", file=sys.stderr)
+        return EXIT_ERROR
     except (CommandError, MatgradError, OSError, ValueError) as exc:
         print(f"matgrad {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        while _running:  # a live explorer's server stops (its thread joined) however the command ends
+            _running.pop().close()
 
 
 if __name__ == "__main__":  # pragma: no cover

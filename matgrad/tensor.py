@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Tensor2D",
+    "from_numpy",
     "get_default_dtype",
     "set_default_dtype",
 ]
@@ -51,6 +52,17 @@ def dtype_name(dtype: Any) -> str:
 
 def _is_array(x: Any) -> bool:
     return hasattr(x, "ndim") and hasattr(x, "dtype") and hasattr(x, "tolist")
+
+
+def _integer_array(x: Any) -> bool:
+    """An array of integers (NumPy, or another library's): it keeps int64, as ``torch.tensor`` does."""
+    if not _is_array(x):
+        return False
+    kind = getattr(x.dtype, "kind", None)
+    if kind is not None:
+        return kind in ("i", "u")
+    name = str(x.dtype)
+    return "int" in name and "float" not in name and "bool" not in name
 
 
 def _reject_element(v: Any, where: str) -> None:
@@ -234,8 +246,9 @@ class Tensor2D:
     ``Tensor2D(data, requires_grad=False, dtype=None, backend=None, name=None)``: ``data`` is a
     list of rows, a 2-D NumPy array, a Python number (a 1x1 matrix) or another ``Tensor2D``
     (copied, keeping its dtype and backend unless given). ``dtype`` is ``"float32"`` (the
-    default, ``get_default_dtype()``), ``"float64"`` or ``"int64"``; lists and arrays of any
-    numeric type become the default float dtype unless ``dtype`` says otherwise. ``backend`` is
+    default, ``get_default_dtype()``), ``"float64"`` or ``"int64"``; an integer NumPy array
+    becomes int64 (as ``torch.tensor``), lists and other arrays the default float dtype, unless
+    ``dtype`` says otherwise. ``backend`` is
     ``"numpy"`` or ``"python"`` (default: ``matgrad.get_backend()``).
     """
 
@@ -276,7 +289,7 @@ class Tensor2D:
             dt = data.dtype if dtype is None else dtype_name(dtype)
         else:
             be = _backends.get(backend)
-            dt = dtype_name(dtype)
+            dt = "int64" if dtype is None and _integer_array(data) else dtype_name(dtype)
         self._data = _convert(data, be, dt)
         self._backend = be
         self._vc = None
@@ -329,6 +342,39 @@ class Tensor2D:
     def inputs(self) -> tuple[Tensor2D, ...]:
         """The op's inputs, in order (empty for a leaf)."""
         return self._op.inputs if self._op is not None else ()
+
+    @property
+    def native(self) -> Any:
+        """The backend's own matrix holding the values (a NumPy array, a python-backend ``Matrix``).
+
+        The door to the kernel level, for optimisers, I/O and extensions: it shares storage, and
+        an in-place change through it bypasses the version checks (call ``_mark_changed``).
+        """
+        return self._data
+
+    @property
+    def kernels(self) -> Backend:
+        """The backend object whose kernels work on ``native`` (``t.kernels.matmul(a, b)``)."""
+        return self._backend
+
+    @classmethod
+    def from_native(cls, data: Any, backend: str | Backend | None = None) -> Tensor2D:
+        """A leaf around a backend's own matrix, sharing it: no copy, no conversion (the kernel-level door).
+
+        ``backend`` defaults to the one whose matrices look like ``data`` (a NumPy array: numpy).
+        The matrix must be 2-D, non-empty and of a matgrad dtype; NumPy arrays C-contiguous.
+        """
+        be = _native_backend(data) if backend is None else _backends.get(backend)
+        shape = getattr(data, "shape", None)
+        if not (isinstance(shape, tuple) and len(shape) == 2 and shape[0] >= 1 and shape[1] >= 1):
+            raise ShapeError(f"from_native: expected a non-empty 2-D matrix of {be.name}, got shape {shape}")
+        name = be.dtype(data)
+        if name not in DTYPES:
+            raise DTypeError(f"from_native: a matrix of dtype {name}; matgrad holds float32, float64 and int64")
+        flags = getattr(data, "flags", None)
+        if flags is not None and not flags["C_CONTIGUOUS"]:
+            raise ShapeError("from_native: the array is not C-contiguous (row-major); pass numpy.ascontiguousarray(a)")
+        return _wrap(data, be)
 
     @property
     def T(self) -> Tensor2D:
@@ -467,9 +513,22 @@ class Tensor2D:
     def copy_(self, src: Tensor2D | Scalar) -> Tensor2D:
         """Overwrite the values with ``src`` (same shape, or broadcast); returns ``self``."""
         self._check_inplace("copy_")
-        _ops.check_inplace_operand("copy_", self, src)
+        _checks.inplace_operand("copy_", self, src)
         self._backend.assign(self._data, src._data if isinstance(src, Tensor2D) else self._scalar(src))
         self._changed_by("copy_")
+        return self
+
+    def set_(self, source: Tensor2D) -> Tensor2D:
+        """Make this tensor share ``source``'s storage, shape, dtype and backend (as PyTorch's ``set_``).
+
+        How ``Module.to`` converts parameters while keeping them the same objects; counts as an
+        in-place change for the version checks.
+        """
+        self._check_inplace("set_")
+        if not isinstance(source, Tensor2D):
+            raise ArgumentTypeError(f"set_: expected a Tensor2D, got {type(source).__name__}")
+        self._data, self._backend = source._data, source._backend
+        self._changed_by("set_")
         return self
 
     def add_(self, other: Tensor2D | Scalar, alpha: builtins.float = 1.0) -> Tensor2D:
@@ -477,7 +536,7 @@ class Tensor2D:
         self._check_inplace("add_")
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
             raise ArgumentTypeError(f"add_: alpha must be a real number, got {type(alpha).__name__}")
-        _ops.check_inplace_operand("add_", self, other, alpha)
+        _checks.inplace_operand("add_", self, other, alpha)
         be = self._backend
         if isinstance(other, Tensor2D):
             be.axpy(self._data, other._data, self._scalar(alpha))
@@ -491,7 +550,7 @@ class Tensor2D:
     def mul_(self, factor: Tensor2D | Scalar) -> Tensor2D:
         """``self *= factor`` in place; returns ``self``."""
         self._check_inplace("mul_")
-        _ops.check_inplace_operand("mul_", self, factor)
+        _checks.inplace_operand("mul_", self, factor)
         be = self._backend
         operand = factor._data if isinstance(factor, Tensor2D) else self._scalar(factor)
         be.assign(self._data, be.mul(self._data, operand))
@@ -689,6 +748,30 @@ def _format_rows(t: Tensor2D, indent: int) -> str:
     return "[" + (",\n" + " " * (indent + 1)).join(lines) + "]"
 
 
+def _native_backend(data: Any) -> Backend:
+    """The backend whose native matrices look like ``data``."""
+    if type(data).__module__.startswith("matgrad.backends.python"):
+        return _backends.get("python")
+    if type(data).__module__ == "numpy":
+        return _backends.get("numpy")
+    raise ArgumentTypeError(
+        f"from_native: cannot tell which backend holds a {type(data).__name__}; pass backend='numpy' or 'python'"
+    )
+
+
+def from_numpy(array: Any) -> Tensor2D:
+    """A tensor sharing ``array``'s memory, as ``torch.from_numpy``: float32, float64 and int64 keep their dtype.
+
+    The numpy backend's tensor *is* the array: changes to one show in the other. Other integer
+    dtypes are refused (``array.astype(numpy.int64)``); so are views that are not row-major.
+    """
+    if not (hasattr(array, "dtype") and hasattr(array, "ndim") and type(array).__module__ == "numpy"):
+        raise ArgumentTypeError(f"from_numpy: expected a NumPy array, got {type(array).__name__}")
+    if array.ndim != 2:
+        raise ShapeError(f"from_numpy: expected a 2-D array, got {array.ndim}-D with shape {tuple(array.shape)}")
+    return Tensor2D.from_native(array, "numpy")
+
+
 def _wrap(data: Any, backend: Backend) -> Tensor2D:
     """A fresh leaf around native ``data`` (no validation: for ops and backends only)."""
     t = _object_new(Tensor2D)
@@ -704,6 +787,7 @@ def _wrap(data: Any, backend: Backend) -> Tensor2D:
 
 
 # Bound last: these modules import Tensor2D from here.
+from matgrad import _checks  # noqa: E402
 from matgrad import ops as _ops  # noqa: E402
 from matgrad.autograd import engine as _engine  # noqa: E402
 from matgrad.autograd import grad_mode as _grad_mode  # noqa: E402

@@ -298,6 +298,7 @@ class Function:
             out = record(op, o._data, o._backend, inputs)
             _share_version(out, o)
             op.output_refs = [weakref.ref(out)]
+            _connect_saved_outputs(ctx, outs, [out])
             return out
         be = outs[0]._backend
         op.n_outputs = len(outs)
@@ -309,7 +310,19 @@ class Function:
             _share_version(r, o)
             results.append(r)
         op.output_refs = [weakref.ref(r) for r in results]
+        _connect_saved_outputs(ctx, outs, results)
         return tuple(results)
+
+
+def _connect_saved_outputs(ctx: FunctionCtx, made: Any, recorded: list[Tensor2D]) -> None:
+    """A saved output becomes the recorded output, so a second derivative flows through it (as PyTorch).
+
+    Anything else forward saved and computed itself stays a constant to the second derivative:
+    save inputs and outputs, and recompute intermediates in backward, when that matters.
+    """
+    swap = {id(m): r for m, r in zip(made, recorded)}
+    if any(t is not None and id(t) in swap for t in ctx._saved):
+        ctx._saved = tuple(swap.get(id(t), t) if t is not None else None for t in ctx._saved)
 
 
 def _share_version(out: Tensor2D, src: Tensor2D) -> None:

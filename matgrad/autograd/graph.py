@@ -21,6 +21,7 @@ import operator
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+from matgrad._checks import operands as _operands
 from matgrad._errors import AnomalyError, GraphError, user_site
 from matgrad.autograd.grad_mode import debug, state
 from matgrad.tensor import Tensor2D, _wrap
@@ -209,15 +210,6 @@ class Op(metaclass=_OpMeta):
 
 
 _object_new = object.__new__
-
-
-def _operands(op: Op, args: tuple[Any, ...]) -> tuple[Tensor2D, ...]:
-    """``_checks.operands``, bound on first use (``_checks`` imports this module); then replaced by it."""
-    global _operands
-    from matgrad._checks import operands
-
-    _operands = operands  # a function-level import runs the import machinery on every call (~1.5 us)
-    return operands(op, args)
 
 
 def record(op: Op, data: Data, backend: Backend, inputs: tuple[Tensor2D, ...]) -> Tensor2D:

@@ -6,8 +6,8 @@ import random
 from typing import Any, Iterator
 
 from matgrad import backends as _backends
-from matgrad._errors import ArgumentError, ShapeError
-from matgrad.tensor import Tensor2D, _wrap
+from matgrad._errors import ArgumentError, ArgumentTypeError, ShapeError
+from matgrad.tensor import Tensor2D
 
 __all__ = ["DataLoader"]
 
@@ -32,21 +32,23 @@ class DataLoader:
         seed: int | None = None,
     ) -> None:
         if not isinstance(x, Tensor2D):
-            raise TypeError(f"DataLoader: x must be a Tensor2D, got {type(x).__name__}; wrap it with Tensor2D(...)")
+            raise ArgumentTypeError(
+                f"DataLoader: x must be a Tensor2D, got {type(x).__name__}; wrap it with Tensor2D(...)"
+            )
         if y is not None:
             if not isinstance(y, Tensor2D):
-                raise TypeError(f"DataLoader: y must be a Tensor2D or None, got {type(y).__name__}")
+                raise ArgumentTypeError(f"DataLoader: y must be a Tensor2D or None, got {type(y).__name__}")
             if y.nrows != x.nrows:
                 raise ShapeError(
                     f"DataLoader: x has {x.nrows} rows but y has {y.nrows} ({x.nrows}x{x.ncols} and "
                     f"{y.nrows}x{y.ncols}); each row of x needs its row of y"
                 )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise TypeError(f"DataLoader: batch_size must be an int, got {type(batch_size).__name__}")
+            raise ArgumentTypeError(f"DataLoader: batch_size must be an int, got {type(batch_size).__name__}")
         if batch_size <= 0:
             raise ArgumentError(f"DataLoader: batch_size must be positive, got {batch_size}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"DataLoader: seed must be an int or None, got {type(seed).__name__}")
+            raise ArgumentTypeError(f"DataLoader: seed must be an int or None, got {type(seed).__name__}")
         self.x = x
         self.y = y
         self.batch_size = batch_size
@@ -79,13 +81,15 @@ class DataLoader:
         # aliases the dataset would let an in-place op on the batch change the data.
         natives: dict[int, Any] = {}
         for t in tensors:
-            be = t._backend
+            be = t.kernels
             if id(be) not in natives:
                 natives[id(be)] = be.indices(be.from_rows([order], "int64"))
         b = self.batch_size
         for lo in range(0, len(self) * b, b):
             batch = tuple(
-                _wrap(t._backend.take(t._data, natives[id(t._backend)][lo : lo + b], slice(None)), t._backend)
+                Tensor2D.from_native(
+                    t.kernels.take(t.native, natives[id(t.kernels)][lo : lo + b], slice(None)), t.kernels
+                )
                 for t in tensors
             )
             yield batch[0] if self.y is None else batch
