@@ -176,8 +176,8 @@ class NumpyBackend(Backend):
     def keep(self, a: Any, mask: Any) -> Any:
         # A multiply is 4x faster than where; it differs from selection only where a is not
         # finite and the mask is 0 (inf * 0 = nan), which a non-finite sum reveals.
-        out = self.xp.multiply(a, mask)
-        with self.xp.errstate(over="ignore", invalid="ignore"):
+        with self.xp.errstate(over="ignore", invalid="ignore"):  # the multiply too: inf * 0 warns
+            out = self.xp.multiply(a, mask)
             if math.isfinite(self.xp.add.reduce(out, axis=None)):
                 self.xp.add(out, 0.0, out=out)  # -1.5 * 0 is -0.0; selection gives +0.0
                 return out
