@@ -310,7 +310,12 @@ class Abs(Op):
 
 
 class ReLU(Op):
-    """``C = max(A, 0)``;  ``dA = where(A <= 0, 0, G)`` (0 at A = 0; ``G`` at a NaN, as PyTorch)."""
+    """``C = max(A, 0)``;  ``dA = where(A > 0, G, 0)`` (0 at A = 0, as PyTorch).
+
+    Selected at multiply speed (``keep``). At a NaN input the gradient is 0, where PyTorch's
+    ``threshold_backward`` passes ``G`` on; the output (and so the loss) is NaN there already,
+    and passing it would cost a kernel per step.
+    """
 
     saves = (0,)
 
@@ -318,13 +323,7 @@ class ReLU(Op):
         return be.maximum(a, 0.0)
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
-        # "not A <= 0" rather than "A > 0": a NaN input passes its gradient on (the output is NaN
-        # too), as PyTorch's threshold_backward, instead of silently dropping it.
-        be = a._backend
-        closed = be.compare("le", a._data, 0.0)
-        if not _recording():  # keep (selection at multiply speed) where 1 - [A <= 0] is 1
-            return (_wrap(be.keep(grad._data, be.sub(1.0, closed)), be),)
-        return (Where()(_wrap(closed, be), 0.0, grad),)
+        return (_select(a._backend.compare("gt", a._data, 0.0), grad),)
 
 
 class LeakyReLU(Op):

@@ -300,6 +300,12 @@ BCE_DIFFERS = (
 )
 
 
+RELU_AT_NAN = (
+    "relu's rule selects [x > 0] at multiply speed, so a NaN input gets gradient 0 where PyTorch "
+    "passes G on; the output, and the loss, are NaN there already"
+)
+
+
 def _extreme_differs(kind: str, axis: int | None) -> tuple[Differs, ...]:
     return (Differs("grad_inf", _zero_where(_not_selected_extreme(kind, axis)), SELECTION),)
 
@@ -446,7 +452,15 @@ TABLE: list[Edge] = [
     _unary("log", lambda a: a.log(), torch.log),
     _unary("sqrt", lambda a: a.sqrt(), torch.sqrt),
     _unary("abs", lambda a: a.abs(), torch.abs, differs=(ABS_AT_ZERO,)),
-    _unary("relu", lambda a: a.relu(), torch.relu),
+    _unary(
+        "relu",
+        lambda a: a.relu(),
+        torch.relu,
+        differs=(
+            Differs("grad", _zero_where(lambda x, g, w: np.isnan(x[0])), RELU_AT_NAN),
+            Differs("grad_inf", _zero_where(lambda x, g, w: np.isnan(x[0])), RELU_AT_NAN),
+        ),
+    ),
     _unary("leaky_relu", lambda a: a.leaky_relu(0.1), lambda a: TF.leaky_relu(a, 0.1)),
     _unary("sigmoid", lambda a: a.sigmoid(), torch.sigmoid),
     _unary("tanh", lambda a: a.tanh(), torch.tanh),

@@ -241,16 +241,8 @@ def _release(order: list[Tensor2D]) -> None:
             node._op.release()
 
 
-_ONES: dict[tuple[int, str], Any] = {}  # never handed out: every seed is a copy of one of these
-
-
 def _fresh_one(root: Tensor2D) -> Tensor2D:
-    be = root._backend
-    key = (id(be), root.dtype)
-    one = _ONES.get(key)
-    if one is None:
-        one = _ONES.setdefault(key, be.full(1, 1, 1.0, root.dtype))
-    return _wrap(be.copy(one), be)  # a copy is cheaper than numpy.full (a Python-level function)
+    return _wrap(root._backend.full(1, 1, 1.0, root.dtype), root._backend)
 
 
 def _seed_grad(root: Tensor2D, g: Any, where: str) -> Tensor2D:
