@@ -113,7 +113,7 @@ def session(args: argparse.Namespace) -> Iterator[Session]:
 
     def terminated(signum: int, frame: FrameType | None) -> None:
         raise dist.DistributedError(
-            f"rank {par.rank} of {par.world_size}: stopped by SIGTERM (torchrun stops every process when one fails)",
+            "stopped by SIGTERM: torchrun stops every process when one fails (that one's message says why)",
             site=False,
         )
 
