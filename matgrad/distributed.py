@@ -202,7 +202,13 @@ def init_process_group(
             f"init_process_group: rank {rank} could not join the group of {world_size} at {where} "
             f"({backend}): {_first_line(exc)}"
         ) from exc
-    atexit.register(_leave)  # a process that exits while still in a group aborts in gloo's threads
+    global _leave_registered
+    if not _leave_registered:  # a process that exits while still in a group aborts in gloo's threads
+        atexit.register(_leave)
+        _leave_registered = True
+
+
+_leave_registered = False
 
 
 def _leave() -> None:
