@@ -3,11 +3,12 @@
 ``session(args)`` is what the command needs to know about the processes it runs among. Alone
 (``WORLD_SIZE`` unset or 1) it changes nothing and never imports PyTorch. Among several it joins
 the process group (``matgrad.distributed``), and every rank but 0 stays quiet: its standard
-output goes to ``os.devnull``, it shows no progress bar and writes no file (``--save``,
-``--graph`` and ``--plot`` are rank 0's alone, checked and written by it only, after every rank
-has finished training). A rank that fails exits with its own one-line error; the others learn of
-it at their next all-reduce (gloo sees the closed connection) and stop with an error that says
-another process stopped; torchrun's SIGTERM to the survivors ends them with a message too.
+output goes to ``os.devnull``, it shows no progress bar, serves and writes nothing (``--save``,
+``--graph``, ``--plot``, ``--explore`` and ``--live`` are rank 0's alone, checked and written by
+it only, files after every rank has finished training). A rank that fails exits with its own
+one-line error; the others learn of it at their next all-reduce (gloo sees the closed
+connection) and stop with an error that says another process stopped; torchrun's SIGTERM to
+the survivors ends them with a message too.
 """
 
 from __future__ import annotations
@@ -124,7 +125,9 @@ def session(args: argparse.Namespace) -> Iterator[Session]:
         except ValueError:  # not the main thread: leave signals alone
             restore = None
         if not par.is_main:
-            args.save = args.graph = args.plot = None
+            for output in ("save", "graph", "plot", "explore", "live", "explore_every"):
+                if hasattr(args, output):
+                    setattr(args, output, None)
             args.quiet = True
             devnull = stack.enter_context(open(os.devnull, "w"))
             stack.enter_context(contextlib.redirect_stdout(devnull))

@@ -4,6 +4,8 @@
     matgrad train --data DIR --epochs 3 --save model.safetensors
     matgrad eval --model model.safetensors
     matgrad graph --hidden 128,64 -o mlp.svg
+    matgrad explore -o graph.html      # step through forward and backward in the browser
+    matgrad train --explore run.html   # ... with snapshots of the weights; --live serves it while training
     matgrad info
 
 Errors (bad options, missing files, unreadable checkpoints) print one line and exit non-zero.
@@ -18,10 +20,13 @@ import shutil
 import sys
 import time
 from itertools import pairwise
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from matgrad._errors import ArgumentError
 from matgrad._files import atomic_write, check_output, new_temp, remove_quietly, why_not_regular
+
+if TYPE_CHECKING:
+    from matgrad.tensor import Tensor2D
 
 __all__ = ["main"]
 
@@ -74,6 +79,16 @@ def _seed(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 (any free port) to 65535, got {value}")
+    return value
+
+
 def _hidden_sizes(text: str) -> list[int]:
     sizes = []
     for part in text.split(","):
@@ -100,7 +115,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Autodiff at matrix granularity: train an MLP on MNIST from scratch, and look inside.",
     )
     parser.add_argument("--version", action="version", version=f"matgrad {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,graph,info}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,graph,explore,info}", parser_class=_Parser)
 
     def data_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -124,6 +139,26 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", metavar="FILE", help="write the trained model (.safetensors)")
     train.add_argument("--graph", metavar="FILE", help="draw the loss graph of one batch (.svg, .png, .pdf, .dot)")
     train.add_argument("--plot", metavar="FILE", help="draw loss and accuracy curves (needs matplotlib)")
+    train.add_argument(
+        "--explore", metavar="FILE", help="write the explorer page: graph, weight snapshots, curves (.html)"
+    )
+    train.add_argument(
+        "--explore-every",
+        type=_positive_int,
+        metavar="N",
+        help="snapshot the weights every N steps (default: ~20 in all)",
+    )
+    train.add_argument(
+        "--live",
+        nargs="?",
+        const=0,
+        type=_port,
+        metavar="PORT",
+        help="serve the explorer on 127.0.0.1 while training (no PORT: a free one)",
+    )
+    train.add_argument(
+        "--compile", action="store_true", help="replay each step's captured kernels (matgrad.compile): faster"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ev = sub.add_parser("eval", help="evaluate a saved model", description="Evaluate a saved MLP on MNIST's test set.")
@@ -135,6 +170,17 @@ def _build_parser() -> argparse.ArgumentParser:
     graph.add_argument("-o", "--output", default="mlp.svg", metavar="FILE", help="output file (default mlp.svg)")
     graph.add_argument("--batch-size", type=_positive_int, default=8, help="rows in the example batch (default 8)")
     graph.add_argument("--backward", action="store_true", help="draw the gradient graph instead")
+
+    ex = sub.add_parser(
+        "explore",
+        help="write an MLP's explorer page",
+        description="Write the interactive explorer of an untrained MLP's loss on a batch of the MNIST sample.",
+    )
+    ex.add_argument("--hidden", type=_hidden_sizes, default=[128], metavar="SIZES", help="hidden sizes (128,64)")
+    ex.add_argument("-o", "--output", default="graph.html", metavar="FILE", help="output file (default graph.html)")
+    ex.add_argument("--batch-size", type=_positive_int, default=64, help="rows in the batch (default 64)")
+    ex.add_argument("--seed", type=_seed, default=0, help="random seed for the weights (default 0)")
+    ex.add_argument("--backend", choices=["numpy", "python"], help="matrix backend (default: numpy if installed)")
 
     sub.add_parser("info", help="versions, backends, Graphviz, data cache", description="Show the setup.")
     return parser
@@ -188,6 +234,7 @@ def _plot_curves(path: str, history: list[dict[str, float]]) -> None:
 
 
 GRAPH_SUFFIXES = (".svg", ".png", ".pdf", ".dot", ".gv")
+EXPLORE_SUFFIXES = (".html", ".htm")
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
@@ -349,9 +396,15 @@ def _train_in(args: argparse.Namespace, par: Any) -> int:
     from matgrad.metrics import accuracy, confusion_matrix, format_confusion_matrix, predict
 
     _check_outputs(
-        [("--save", args.save, ()), ("--graph", args.graph, GRAPH_SUFFIXES), ("--plot", args.plot, PLOT_SUFFIXES)],
+        [
+            ("--save", args.save, ()),
+            ("--graph", args.graph, GRAPH_SUFFIXES),
+            ("--plot", args.plot, PLOT_SUFFIXES),
+            ("--explore", args.explore, EXPLORE_SUFFIXES),
+        ],
         _data_files(args),
     )
+    _check_explore_options(args)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -385,6 +438,7 @@ def _train_in(args: argparse.Namespace, par: Any) -> int:
     loader = DataLoader(
         x_train, y_train, args.batch_size, shuffle=True, seed=args.seed, rank=par.rank, world_size=par.world_size
     )
+    watch = _training_explorer(args, model, x_train, y_train, len(loader) * args.epochs, sizes)
     print(
         f"matgrad {mg.__version__} | backend {mg.get_backend()} | {source}: {x_train.nrows} training and "
         f"{data.x_test.nrows} test images"
@@ -393,6 +447,17 @@ def _train_in(args: argparse.Namespace, par: Any) -> int:
         f"model MLP {'-'.join(map(str, sizes))} ({sum(p.nrows * p.ncols for p in model.parameters()):,} "
         f"parameters) | {recipe} | batch {par.batch_text(args.batch_size)} | {args.epochs} epochs | seed {args.seed}"
     )
+
+    def train_step(xb: Tensor2D, yb: Tensor2D) -> tuple[Tensor2D, Tensor2D]:
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        opt.zero_grad()
+        loss.backward()
+        if ddp is None:
+            opt.step()
+        return loss, logits
+
+    step = mg.compile(train_step) if args.compile else train_step
 
     from tqdm import tqdm
 
@@ -411,13 +476,13 @@ def _train_in(args: argparse.Namespace, par: Any) -> int:
             file=sys.stderr,
         )
         for xb, yb in bar:
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            if ddp is not None:
+            loss, logits = step(xb, yb)
+            if ddp is not None:  # outside the compiled step, whose replay would skip the all-reduce
                 ddp.average_gradients()  # one all-reduce: the mean of every process's gradients
-            opt.step()
+                opt.step()
             value = loss.item()
+            if watch is not None:
+                watch.step(value, logits, yb, epoch)
             total += value * xb.nrows
             seen += xb.nrows
             elapsed = time.perf_counter() - t0
@@ -430,6 +495,8 @@ def _train_in(args: argparse.Namespace, par: Any) -> int:
         test_preds = predict(model, data.x_test)
         test_acc = accuracy(test_preds, data.y_test)
         history.append({"epoch": epoch, "loss": total / seen, "train_acc": train_acc, "test_acc": test_acc})
+        if watch is not None:
+            watch.end_epoch(epoch, total / seen, train_acc, test_acc)
         print(
             f"epoch {epoch:>3}/{args.epochs}  loss {total / seen:.4f}  train acc {train_acc:7.2%}  "
             f"test acc {test_acc:7.2%}  time {train_time:.2f}s ({seen / train_time:,.0f} img/s)"
@@ -458,7 +525,53 @@ def _train_in(args: argparse.Namespace, par: Any) -> int:
     if args.plot:
         _plot_curves(args.plot, history)
         print(f"drew the training curves to {args.plot}")
+    if watch is not None:
+        written = watch.finish()
+        if written is not None:
+            snaps = len(watch.record.snaps)
+            print(f"wrote the explorer of the run ({snaps} snapshot{'s' if snaps != 1 else ''}) to {written}")
+        if args.live is not None:
+            print("stopped the live explorer")
     return 0
+
+
+_running: list[Any] = []  # training explorers whose live server must stop with the command, Ctrl-C included
+
+
+def _check_explore_options(args: argparse.Namespace) -> None:
+    """``--explore-every`` needs something to snapshot for (``--explore`` is checked with the other outputs)."""
+    if args.explore_every is not None and not args.explore and args.live is None:
+        raise CommandError("--explore-every needs --explore FILE or --live")
+
+
+def _training_explorer(
+    args: argparse.Namespace, model: Any, x_train: Any, y_train: Any, total_steps: int, sizes: Sequence[int]
+) -> Any:
+    """The explorer of this run (``--explore``, ``--live``), its server started; None without them."""
+    if not args.explore and args.live is None:
+        return None
+    from matgrad.viz.live import TrainingExplorer
+
+    batch = min(args.batch_size, x_train.nrows)
+    every = args.explore_every or max(1, total_steps // 20)
+    watch = TrainingExplorer(
+        model,
+        x_train[:batch],
+        y_train[:batch],
+        path=args.explore,
+        port=args.live,
+        every=every,
+        title=f"MLP {'-'.join(map(str, sizes))}: loss on the first {batch} training images",
+    )
+    watch.record.total_steps = total_steps
+    try:
+        url = watch.start()
+    except OSError as exc:
+        raise CommandError(f"--live {args.live}: cannot serve on 127.0.0.1: {exc.strerror or exc}") from None
+    _running.append(watch)
+    if url:
+        print(f"live explorer at {url} (stops with the training, or Ctrl-C)", flush=True)
+    return watch
 
 
 def _infer_mlp(shapes: dict[str, tuple[int, int]], metadata: dict[str, str], path: str) -> list[int]:
@@ -556,6 +669,36 @@ def _graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explore(args: argparse.Namespace) -> int:
+    import matgrad as mg
+    from matgrad import nn
+    from matgrad.data import load_mnist
+    from matgrad.functional import cross_entropy
+    from matgrad.viz import explore
+
+    _check_outputs([("-o", args.output, EXPLORE_SUFFIXES)], [])
+    _use_backend(args.backend)
+    data = load_mnist(sample=True)
+    mg.manual_seed(args.seed)
+    sizes = [data.x_train.ncols, *args.hidden, 10]
+    model = nn.MLP(sizes)
+    n = min(args.batch_size, data.x_train.nrows)
+    x = data.x_train[:n].detach()
+    x.name = "x"
+    loss = cross_entropy(model(x), data.y_train[:n])
+    loss.name = "loss"
+    page = explore(loss, params=model, title=f"MLP {'-'.join(map(str, sizes))}: loss on {n} MNIST images")
+    path = page.save(args.output)
+    steps = page.payload["steps"]
+    forward = page.payload["forward_steps"]
+    print(
+        f"wrote the explorer of MLP {'-'.join(map(str, sizes))} on a {n}-image batch to {path} "
+        f"({page.node_count} nodes, {forward} forward and {len(steps) - forward} backward steps, "
+        f"{os.path.getsize(path) / 1e6:.2f} MB)"
+    )
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     import matgrad as mg
     from matgrad.backends import available_backends
@@ -583,11 +726,12 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "eval": _eval, "graph": _graph, "info": _info}
+_COMMANDS = {"train": _train, "eval": _eval, "graph": _graph, "explore": _explore, "info": _info}
 _MEMORY_HINTS = {
     "train": "use smaller --hidden sizes, a smaller --batch-size or --limit, or free memory",
     "eval": "the model or the data is too large for this machine; free memory or use a larger one",
     "graph": "use smaller --hidden sizes or a smaller --batch-size",
+    "explore": "use smaller --hidden sizes or a smaller --batch-size",
     "info": "free memory",
 }
 
@@ -619,6 +763,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, MatgradError, OSError, ValueError) as exc:
         print(f"matgrad {args.command}{rank_tag()}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        while _running:  # a live explorer's server stops (its thread joined) however the command ends
+            _running.pop().close()
 
 
 if __name__ == "__main__":  # pragma: no cover

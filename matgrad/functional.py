@@ -153,6 +153,15 @@ def _target_column(name: str, targets: Any, n: int, c: int, be: Backend) -> Any:
         shape = tuple(targets.shape)
         if not (len(shape) == 1 or (len(shape) == 2 and 1 in shape)):
             raise ShapeError(f"{name}: {wanted}, got an array of shape {shape}")
+        kind = getattr(targets.dtype, "kind", None)
+        if kind in ("i", "u"):  # a NumPy array of ints: no per-element Python loop
+            if targets.size != n:
+                raise ShapeError(f"{name}: {wanted}, got {targets.size}")
+            column = be.from_array(targets.reshape(n, 1), "int64")
+            _check_range(name, be.indices(column), be, c)
+            return column
+        if kind is not None:
+            raise ArgumentTypeError(f"{name}: class indices must be integers, got an array of {targets.dtype}")
         values = targets.reshape(-1).tolist()
     elif isinstance(targets, (list, tuple, range)):
         values = list(targets)
@@ -160,16 +169,17 @@ def _target_column(name: str, targets: Any, n: int, c: int, be: Backend) -> Any:
         raise ArgumentTypeError(
             f"{name}: targets must be an int64 Tensor2D or a list of ints, got {type(targets).__name__}"
         )
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise ArgumentTypeError(f"{name}: class indices must be ints, found {type(v).__name__} {v!r:.40}")
+    if not set(map(type, values)) <= {int}:  # the common case is checked at C speed
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ArgumentTypeError(f"{name}: class indices must be ints, found {type(v).__name__} {v!r:.40}")
+        values = [int(v) for v in values]
     if len(values) != n:
         raise ShapeError(f"{name}: {wanted}, got {len(values)}")
-    values = [int(v) for v in values]
-    bad = next((v for v in values if not 0 <= v < c), None)
-    if bad is not None:
+    if values and (min(values) < 0 or max(values) >= c):
+        bad = next(v for v in values if not 0 <= v < c)
         raise ArgumentError(f"{name}: target {bad} is out of range for {c} classes (valid: 0 to {c - 1})")
-    return be.from_rows([[v] for v in values], "int64")
+    return be.reshape(be.from_rows([values], "int64"), n, 1)
 
 
 class CrossEntropy(Op):
@@ -430,7 +440,7 @@ class Dropout(Op):
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         be = grad._backend
         if not (_state.grad_enabled or _state.anomaly):
-            return (_wrap(be.where(self.mask, be.mul(grad._data, self.scale), 0.0), be),)
+            return (_wrap(be.keep(be.mul(grad._data, self.scale), self.mask), be),)
         return (Where()(_wrap(self.mask, be), grad * self.scale, 0.0),)
 
 

@@ -54,6 +54,17 @@ def _is_array(x: Any) -> bool:
     return hasattr(x, "ndim") and hasattr(x, "dtype") and hasattr(x, "tolist")
 
 
+def _integer_array(x: Any) -> bool:
+    """An array of integers (NumPy, or another library's): it keeps int64, as ``torch.tensor`` does."""
+    if not _is_array(x):
+        return False
+    kind = getattr(x.dtype, "kind", None)
+    if kind is not None:
+        return kind in ("i", "u")
+    name = str(x.dtype)
+    return "int" in name and "float" not in name and "bool" not in name
+
+
 def _reject_element(v: Any, where: str) -> None:
     """Raise the error that fits a non-numeric element."""
     if isinstance(v, bool):
@@ -225,8 +236,9 @@ class Tensor2D:
     ``Tensor2D(data, requires_grad=False, dtype=None, backend=None, name=None)``: ``data`` is a
     list of rows, a 2-D NumPy array, a Python number (a 1x1 matrix) or another ``Tensor2D``
     (copied, keeping its dtype and backend unless given). ``dtype`` is ``"float32"`` (the
-    default, ``get_default_dtype()``), ``"float64"`` or ``"int64"``; lists and arrays of any
-    numeric type become the default float dtype unless ``dtype`` says otherwise. ``backend`` is
+    default, ``get_default_dtype()``), ``"float64"`` or ``"int64"``; an integer NumPy array
+    becomes int64 (as ``torch.tensor``), lists and other arrays the default float dtype, unless
+    ``dtype`` says otherwise. ``backend`` is
     ``"numpy"`` or ``"python"`` (default: ``matgrad.get_backend()``).
     """
 
@@ -267,7 +279,7 @@ class Tensor2D:
             dt = data.dtype if dtype is None else dtype_name(dtype)
         else:
             be = _backends.get(backend)
-            dt = dtype_name(dtype)
+            dt = "int64" if dtype is None and _integer_array(data) else dtype_name(dtype)
         self._data = _convert(data, be, dt)
         self._backend = be
         self._vc = None

@@ -225,6 +225,19 @@ def test_phases_smoke():
     assert [r[1] for r in tiny] == ["8-8-3", "8-8-8-3"]
 
 
+def test_jacobian_scaling_smoke():
+    # --no-torch: importing torch in a fresh process takes seconds; test_autograd_functional.py compares with torch
+    out = run("jacobian_scaling.py", "--batches", "1,2", "--hidden", "8", "--repeats", "1", "--no-torch").stdout
+    assert has_table(out)
+    rows = [
+        [c.strip() for c in line.split("|")[1:-1]]
+        for line in out.splitlines()
+        if line.startswith("| ") and " x 10 = " in line
+    ]
+    assert [r[:2] for r in rows] == [["1 x 10 = 10", "10 x 6,272"], ["2 x 10 = 20", "20 x 6,272"]]
+    assert all(len(r) == 5 for r in rows)
+
+
 def test_data_path_is_an_option_not_hard_coded():
     for script in ("train_compare.py", "profile_train.py", "reference_numpy.py", "phases.py"):
         text = (BENCH / script).read_text()

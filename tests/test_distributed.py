@@ -173,7 +173,8 @@ def test_matgrad_train_under_torchrun_reports_once_and_matches_one_process(
     pytest.importorskip("torch")
     common = ["--limit", "640", "--epochs", "2", "--hidden", "16", "--backend", "numpy", "--quiet"]
     save = ["--save", "model.safetensors"]
-    proc = torchrun("-m", "matgrad", "train", "--batch-size", "32", *save, *common, cwd=tmp_path)
+    # --compile: the all-reduce must run outside the captured step, or the replays would skip it
+    proc = torchrun("-m", "matgrad", "train", "--batch-size", "32", "--compile", *save, *common, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert out.count("matgrad 0.1.0 | backend numpy") == 1  # rank 0 alone prints

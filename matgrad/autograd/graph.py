@@ -20,6 +20,7 @@ import operator
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+from matgrad._checks import operands as _operands
 from matgrad._errors import AnomalyError, GraphError, user_site
 from matgrad.autograd.grad_mode import debug, state
 from matgrad.tensor import Tensor2D, _wrap
@@ -148,9 +149,7 @@ class Op(metaclass=_OpMeta):
 
     def __call__(self, *args: Any) -> Tensor2D:
         """Apply the op: check the operands as declared, run ``forward``, record the result."""
-        from matgrad import _checks  # bound at first call: _checks imports this module
-
-        inputs = _checks.operands(self, args)
+        inputs = _operands(self, args)
         if self._has_check:
             self.check(*inputs)
         be = inputs[0]._backend
