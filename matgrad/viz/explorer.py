@@ -9,6 +9,12 @@ min / mean / max and its value and gradient as heatmaps; a slider steps through 
 in creation order, then the backward pass in the engine's order, showing each op's chain rule
 with the shapes of that step and how a reused tensor accumulates its gradient.
 
+The rules are maths: each op's docstring rule (``dA = G @ B.T``) is written as LaTeX by
+``matgrad.viz.rules`` and drawn as MathML by ``matgrad._mathml.latex_to_mathml``, the renderer
+of the documentation, with a cut-down Latin Modern Math inside the page (matgrad/viz/fonts/). A
+rule that does not read (a user's free text), or a page made without latex2mathml, shows the
+rule as code instead.
+
 Gradients are computed here, at save time, by running each op's rule in the engine's order
 (``engine._topological_order``) under ``no_grad``: the engine is not changed, ``.grad`` is not
 touched, and the per-edge contributions the page shows are exactly what the engine adds up. A
@@ -16,7 +22,7 @@ graph already released by ``backward()`` shows the leaves' ``.grad`` instead, wi
 steps (pass ``retain_graph=True`` to ``backward`` to keep them).
 
 Matrices travel quantised to 8 bits (base64), larger ones block-averaged, so the page of a
-784-128-10 MLP at batch 64 weighs about half a megabyte. The layout is computed here, in Python
+784-128-10 MLP at batch 64 weighs about 0.64 MB (0.2 MB of it the font). The layout is computed here, in Python
 (layers by longest path, ordered by barycentres), so no Graphviz program is needed.
 
 ``TrainingRecord`` keeps snapshots of a training run (weights, gradients, loss and accuracy

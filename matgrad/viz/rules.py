@@ -1,36 +1,32 @@
-"""Chain rules as maths: an op's docstring rule (``dA = G @ B.T``) in LaTeX (``\\bar A = G B^\\top``).
+r"""Chain rules as maths: an op's docstring rule (`dA = G @ B.T`) in LaTeX (`\bar A = G B^\top`).
 
-Every op states its rule in its docstring in a plain, Python-like notation (``C = A @ B;  dA = G
-@ B.T,  dB = A.T @ G``). The explorer shows each rule as maths drawn by the same renderer as the
-documentation (``matgrad._mathml.latex_to_mathml``), so :func:`rule_to_latex` reads that notation
-and writes it the way docs/backprop.md does:
+Every op states its rule in its docstring in a plain, Python-like notation
+(`C = A @ B;  dA = G @ B.T,  dB = A.T @ G`). The explorer shows each rule as maths drawn by the
+renderer of the documentation (`matgrad._mathml.latex_to_mathml`), so `rule_to_latex` reads that
+notation and writes it the way docs/backprop.md does:
 
-==================================  ==========================================================
-docstring                           LaTeX
-==================================  ==========================================================
-``A @ B``, ``A.T``                  ``A B``, ``A^\\top`` (a matrix product is juxtaposition)
-``A * B``, ``x y``                  ``A \\odot B``, ``x \\odot y`` (element-wise); a number or a
-                                    constant (``p``, ``s``, ``N``, ``beta``) multiplies plainly,
-                                    in front: ``G * p * A ** (p - 1)`` -> ``p G \\odot A^{p - 1}``
-``A / B``, ``A ** p``, ``C^2``      ``A / B``, ``A^{p}``, ``C^{2}``
-``dA``, ``dAi``, ``G``              ``\\bar A``, ``\\bar A_i``, ``G`` (the upstream gradient,
-                                    ``G = \\bar C``, as in docs/backprop.md)
-``exp(A)``, ``log(A)``, ``sqrt``    ``e^{A}``, ``\\log A``, ``\\sqrt{A}``; ``sigmoid`` -> ``\\sigma``;
-                                    other names -> ``\\operatorname{softmax}(A)``
-``sum(A)``, ``sum(A, axis)``        ``\\sum A``, ``\\sum_{\\text{axis}} A``; ``sum_j T_ij`` ->
-                                    ``\\sum_j T_{ij}``, ``sum_rows(G)`` -> ``\\sum_{\\text{rows}} G``
-``where(A > 0, G, 0)``              ``G \\odot [A > 0]`` (an Iverson bracket); ``where(M, G, 0)``
-                                    -> ``G \\odot M``; ``where(c, 0, G)`` -> ``G \\odot (1 - c)``;
-                                    otherwise, and ``X if c else Y``: ``X \\text{ where } c,
-                                    \\text{ else } Y``
-``[A == C]``, ``|A|``               ``[A = C]``, ``\\lvert A \\rvert``
-``X_i[t_i]``, ``C[i]``              ``X_{i, t_i}``, ``C_i``
-==================================  ==========================================================
+| docstring | LaTeX |
+| --- | --- |
+| `A @ B`, `A.T` | `A B`, `A^\top`: a matrix product is juxtaposition |
+| `A * B`, `x y` | `A \odot B`, `x \odot y`: element-wise |
+| `G * p * A ** (p - 1)` | `p\, G \odot A^{p - 1}`: a number or a constant (`p`, `N`, `beta`) in front |
+| `A / B`, `A ** p`, `C^2` | `A / B`, `A^{p}`, `C^{2}` |
+| `dA`, `dAi`, `G` | `\bar A`, `\bar A_i`, `G` (the upstream gradient `G = \bar C`) |
+| `exp(A)`, `log(A)`, `sqrt(A)` | `e^{A}`, `\log A`, `\sqrt{A}` |
+| `sigmoid(A)`, `softmax(A)` | `\sigma(A)`, `\operatorname{softmax}(A)` (and so any other name) |
+| `sum(A)`, `sum(A, axis)` | `\sum A`, `\sum_{\text{axis}} A` |
+| `sum_rows(G)`, `sum_j T_ij` | `\sum_{\text{rows}} G`, `\sum_j T_{ij}` |
+| `where(A > 0, G, 0)` | `G \odot [A > 0]` (an Iverson bracket) |
+| `where(M, G, 0)`, `where(c, 0, G)` | `G \odot M`, `G \odot (1 - c)` |
+| `where(c, X, Y)`, `X if c else Y` | `X \;\text{where}\; c,\; \text{else}\; Y` |
+| `[A == C]`, `X_i[t_i]`, `C[i]` | `[A = C]`, `X_{i, t_i}`, `C_{i}` |
 
-A rule may end in prose, which stays prose: ``C = sum(A) over all / axis 0 / axis 1`` is the
-formula ``C = \\sum A`` and the note ``over all / axis 0 / axis 1``; ``C = the row-major elements
-of A read as (p, q)`` is ``C =`` and its note. A word in the formula's place ends the formula;
-a rule that cannot be read to its end raises :class:`RuleSyntaxError` (the explorer then shows
+and `|A|` is `\lvert A \rvert`, the blocks `[A1 | A2 | ...]` are `[\, A_1 \mid A_2 \mid \cdots \,]`.
+
+A rule may end in prose, which stays prose: `C = sum(A) over all / axis 0 / axis 1` is the
+formula `C = \sum A` and the note `over all / axis 0 / axis 1`; `C = the row-major elements of A
+read as (p, q)` is `C =` and its note. A word where the formula goes on ends the formula; a rule
+that cannot be read to the end of its formula raises `RuleSyntaxError` (the explorer then shows
 the rule as code).
 """
 
@@ -62,10 +58,8 @@ class RuleLatex:
 # names
 # ---------------------------------------------------------------------------------------------
 
-_GREEK = set(
-    "alpha beta gamma delta epsilon zeta eta theta kappa lambda mu nu xi pi rho sigma tau phi chi psi omega "
-    "Gamma Delta Theta Lambda Xi Pi Sigma Phi Psi Omega".split()
-)
+_GREEK_NAMES = "alpha beta gamma delta epsilon zeta eta theta kappa lambda mu nu xi pi rho sigma tau phi chi psi omega"
+_GREEK = {*_GREEK_NAMES.split(), *["Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Phi", "Psi", "Omega"]}
 _GREEK_ALIASES = {"eps": "epsilon", "lam": "lambda"}
 # Constants that multiply plainly (p A, not p ⊙ A): the rules' exponents, slopes, counts, temperatures.
 _SCALARS = {"p", "s", "N", "n", "k", "q"} | _GREEK | set(_GREEK_ALIASES)
