@@ -42,6 +42,7 @@ from matgrad.autograd import (
     set_grad_enabled,
 )
 from matgrad.backends import available_backends, get_backend, manual_seed, set_backend
+from matgrad.compile import compile
 from matgrad.creation import eye, full, full_like, ones, ones_like, rand, randn, uniform, zeros, zeros_like
 from matgrad.gradcheck import gradcheck, gradgradcheck
 from matgrad.io import load, save
@@ -88,6 +89,7 @@ __all__ = [
     "argmin",
     "available_backends",
     "cat",
+    "compile",
     "data",
     "detect_anomaly",
     "enable_grad",

@@ -20,10 +20,13 @@ import shutil
 import sys
 import time
 from itertools import pairwise
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from matgrad._errors import ArgumentError
 from matgrad._files import atomic_write, check_output, new_temp, remove_quietly, why_not_regular
+
+if TYPE_CHECKING:
+    from matgrad.tensor import Tensor2D
 
 __all__ = ["main"]
 
@@ -152,6 +155,9 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_port,
         metavar="PORT",
         help="serve the explorer on 127.0.0.1 while training (no PORT: a free one)",
+    )
+    train.add_argument(
+        "--compile", action="store_true", help="replay each step's captured kernels (matgrad.compile): faster"
     )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -430,6 +436,16 @@ def _train(args: argparse.Namespace) -> int:
         f"parameters) | {recipe} | batch {args.batch_size} | {args.epochs} epochs | seed {args.seed}"
     )
 
+    def train_step(xb: Tensor2D, yb: Tensor2D) -> tuple[Tensor2D, Tensor2D]:
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss, logits
+
+    step = mg.compile(train_step) if args.compile else train_step
+
     from tqdm import tqdm
 
     history: list[dict[str, float]] = []
@@ -447,11 +463,7 @@ def _train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         for xb, yb in bar:
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            loss, logits = step(xb, yb)
             value = loss.item()
             if watch is not None:
                 watch.step(value, logits, yb, epoch)

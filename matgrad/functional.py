@@ -440,7 +440,7 @@ class Dropout(Op):
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         be = grad._backend
         if not (_state.grad_enabled or _state.anomaly):
-            return (_wrap(be.where(self.mask, be.mul(grad._data, self.scale), 0.0), be),)
+            return (_wrap(be.keep(be.mul(grad._data, self.scale), self.mask), be),)
         return (Where()(_wrap(self.mask, be), grad * self.scale, 0.0),)
 
 

@@ -70,12 +70,13 @@ def _recording() -> bool:
     return st.grad_enabled or st.anomaly
 
 
-def _select(mask: Data, grad: Tensor2D, other: float = 0.0) -> Tensor2D:
-    """``where(mask, grad, other)`` for a constant 0/1 ``mask``: one kernel unless it must be recorded."""
+def _select(mask: Data, grad: Tensor2D) -> Tensor2D:
+    """``where(mask, grad, 0)`` for a 0/1 ``mask`` built by ``compare``: one kernel unless it must be recorded."""
     be = grad._backend
-    if not _recording():
-        return _wrap(be.where(mask, grad._data, other), be)
-    return Where()(_wrap(mask, be), grad, other)
+    st = _state
+    if not (st.grad_enabled or st.anomaly):
+        return _wrap(be.keep(grad._data, mask), be)
+    return Where()(_wrap(mask, be), grad, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,8 +156,9 @@ class Where(Op):
 
     def backward(self, grad: Tensor2D, cond: Tensor2D, a: Tensor2D, b: Tensor2D) -> tuple[Tensor2D | None, ...]:
         _, need_a, need_b = self.needs_input_grad
-        ga = _select(cond._data, grad) if need_a else None
-        gb = _select(grad._backend.compare("eq", cond._data, 0.0), grad) if need_b else None
+        be = grad._backend
+        ga = _select(be.compare("ne", cond._data, 0.0, grad.dtype), grad) if need_a else None  # cond: any non-zero
+        gb = _select(be.compare("eq", cond._data, 0.0, grad.dtype), grad) if need_b else None
         return None, ga, gb
 
 
@@ -486,7 +488,8 @@ class MatMul(Op):
 
 def gemm(a: Tensor2D, b: Tensor2D, trans_a: bool = False, trans_b: bool = False) -> Tensor2D:
     """``op(a) @ op(b)`` without materialising the transposes (used by backward rules)."""
-    if not _recording():  # backward without create_graph: the kernel alone
+    st = _state
+    if not (st.grad_enabled or st.anomaly):  # backward without create_graph: the kernel alone
         be = a._backend
         return _wrap(be.matmul(a._data, b._data, trans_a, trans_b), be)
     return MatMul(trans_a, trans_b)(a, b)
@@ -881,7 +884,7 @@ class _Extreme(Op):
         hits = be.compare("eq", a._data, self.output._data)
         count = be.sum(hits, self.axis)
         if not _recording():
-            return (_wrap(be.where(hits, be.div(grad._data, count), 0.0), be),)
+            return (_wrap(be.keep(be.div(grad._data, count), hits), be),)
         return (Where()(_wrap(hits, be), grad / _wrap(count, be), 0.0),)
 
 

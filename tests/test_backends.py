@@ -353,3 +353,23 @@ def test_bad_index() -> None:
         assert be.bad_index(idx, 4) is None
         assert be.bad_index(idx, 3) == 3
         assert be.bad_index(be.indices(be.from_rows([[1, -1, 2]], "int64")), 3) == -1
+
+
+@settings(max_examples=30)
+@given(data=st.data())
+def test_keep_selects_on_both_backends(data: st.DataObject) -> None:
+    """``keep(a, mask)`` is where(mask, a, 0): an infinite or NaN ``a`` gives exactly 0 where the mask is 0."""
+    m, n = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    values = st.sampled_from([0.0, -1.5, 2.0, math.inf, -math.inf, math.nan, 1e38])
+    a = [[data.draw(values) for _ in range(n)] for _ in range(m)]
+    mask = [[float(data.draw(st.booleans())) for _ in range(n)] for _ in range(m)]
+    want = [[x if k else 0.0 for x, k in zip(ra, rk)] for ra, rk in zip(a, mask)]
+    for be in (PY, NP):
+        for dtype in ("float32", "float64"):
+            got = be.tolist(be.keep(be.from_rows(a, dtype), be.from_rows(mask, dtype)))
+            assert repr(got) == repr(be.tolist(be.from_rows(want, dtype))), (be.name, dtype)
+    row = [[data.draw(values) for _ in range(n)]]  # a (1, n) row broadcasts to the mask
+    want_row = [[x if k else 0.0 for x, k in zip(row[0], rk)] for rk in mask]
+    for be in (PY, NP):
+        got = be.tolist(be.keep(be.from_rows(row, "float64"), be.from_rows(mask, "float64")))
+        assert repr(got) == repr(want_row), be.name

@@ -60,6 +60,18 @@ def test_train_is_reproducible(capsys: pytest.CaptureFixture[str]) -> None:
     assert strip(first) == strip(second)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "python"])
+def test_compile_prints_the_same_training(backend: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--compile`` replays each step's kernels: the same losses and accuracies to the last printed digit."""
+    args = ["train", "--backend", backend, *SMALL]
+    if backend == "python":
+        args += ["--limit", "96", "--epochs", "3"]
+    eager = run(args, capsys)[1]
+    compiled = run([*args, "--compile"], capsys)[1]
+    strip = lambda text: re.sub(r"time [\d.]+s \([\d,]+ img/s\)|done in [\d.]+s", "", text)  # noqa: E731
+    assert "epoch" in eager and strip(compiled) == strip(eager)
+
+
 def test_save_then_eval_gives_the_same_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = tmp_path / "model.safetensors"
     code, out, _ = run(["train", *SMALL, "--save", str(model)], capsys)

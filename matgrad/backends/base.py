@@ -164,6 +164,14 @@ class Backend(ABC):
         """``a`` where ``cond`` is non-zero, else ``b``."""
 
     @abstractmethod
+    def keep(self, a: Data, mask: Data) -> Data:
+        """``a`` where ``mask`` is 1, exactly 0 where it is 0 (``mask`` holds only 0 and 1; ``a`` broadcasts to it).
+
+        ``where(mask, a, 0)`` for the 0/1 masks that rules build with ``compare``: it selects, so
+        an infinite or NaN ``a`` gives 0 where the mask is 0 (``a * mask`` would give NaN there).
+        """
+
+    @abstractmethod
     def unary(self, op: str, a: Data) -> Data:
         """``op`` in ``neg exp log log1p sqrt abs sign tanh sigmoid`` applied element-wise."""
 

@@ -171,6 +171,16 @@ class NumpyBackend(Backend):
             out = out.astype(cond.dtype)
         return out
 
+    def keep(self, a: Any, mask: Any) -> Any:
+        # A multiply is 4x faster than where; it differs from selection only where a is not
+        # finite and the mask is 0 (inf * 0 = nan), which a non-finite sum reveals.
+        out = self.xp.multiply(a, mask)
+        with self.xp.errstate(over="ignore", invalid="ignore"):
+            if math.isfinite(self.xp.add.reduce(out, axis=None)):
+                self.xp.add(out, 0.0, out=out)  # -1.5 * 0 is -0.0; selection gives +0.0
+                return out
+        return self.xp.where(mask != 0, a, self.xp.zeros((), a.dtype))
+
     def _sigmoid(self, a: Any) -> Any:
         # exp(-|x|) never overflows; 1 / (1 + exp(-x)) would at x = -1000.
         xp = self.xp

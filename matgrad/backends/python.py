@@ -463,6 +463,11 @@ class PythonBackend(Backend):
         values = [x if c else y for c, x, y in zip(cond.data, xs, ys)]
         return _finish(nrows, ncols, values, dtype)
 
+    def keep(self, a: Matrix, mask: Matrix) -> Matrix:
+        zero = 0 if a.dtype == "int64" else 0.0
+        values = _expand(a, mask.nrows, mask.ncols)
+        return Matrix._wrap(mask.nrows, mask.ncols, [x if m else zero for x, m in zip(values, mask.data)], a.dtype)
+
     def unary(self, op: str, a: Matrix) -> Matrix:
         fast, safe = _UNARY[op]
         if a.dtype == "int64":
