@@ -566,28 +566,28 @@ class Tensor2D:
 
     # -- operators ----------------------------------------------------------------------------
     def __add__(self, other: Any) -> Tensor2D:
-        return _ops.add(self, other)
+        return _ops.Add()(self, other)
 
     def __radd__(self, other: Any) -> Tensor2D:
-        return _ops.add(other, self)
+        return _ops.Add()(other, self)
 
     def __sub__(self, other: Any) -> Tensor2D:
-        return _ops.sub(self, other)
+        return _ops.Sub()(self, other)
 
     def __rsub__(self, other: Any) -> Tensor2D:
-        return _ops.sub(other, self)
+        return _ops.Sub()(other, self)
 
     def __mul__(self, other: Any) -> Tensor2D:
-        return _ops.mul(self, other)
+        return _ops.Mul()(self, other)
 
     def __rmul__(self, other: Any) -> Tensor2D:
-        return _ops.mul(other, self)
+        return _ops.Mul()(other, self)
 
     def __truediv__(self, other: Any) -> Tensor2D:
-        return _ops.div(self, other)
+        return _ops.Div()(self, other)
 
     def __rtruediv__(self, other: Any) -> Tensor2D:
-        return _ops.div(other, self)
+        return _ops.Div()(other, self)
 
     def __matmul__(self, other: Any) -> Tensor2D:
         return _ops.matmul(self, other)
@@ -602,7 +602,7 @@ class Tensor2D:
         return _ops.rpow(base, self)
 
     def __neg__(self) -> Tensor2D:
-        return _ops.neg(self)
+        return _ops.Neg()(self)
 
     def __pos__(self) -> Tensor2D:
         return self

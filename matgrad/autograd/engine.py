@@ -122,12 +122,16 @@ def _check_runnable(order: list[Tensor2D]) -> None:
         if op is None:
             continue
         if op.released:
-            raise GraphError(
-                f"backward through {op.describe()} a second time: its graph was released by the "
-                "first backward; pass retain_graph=True to the first call (or recompute the forward pass)"
-            )
+            _raise_released(op)
         if op._checks_saved:
             op.check_saved()
+
+
+def _raise_released(op: Op) -> None:
+    raise GraphError(
+        f"backward through {op.describe()} a second time: its graph was released by the "
+        "first backward; pass retain_graph=True to the first call (or recompute the forward pass)"
+    )
 
 
 def _propagate(
@@ -141,8 +145,10 @@ def _propagate(
 
     Returns ``(tensor, gradient)`` for every tensor in ``capture`` (ids), or, with ``capture``
     None, for every leaf and every tensor marked ``retain_grad``. Rules run with grad mode set to
-    ``create_graph``, so with it on the gradients carry their own graph. Pure: no ``.grad`` is
-    written and nothing is released; on failure no gradient is left waiting on an op.
+    ``create_graph``, so with it on the gradients carry their own graph. Each op is checked as
+    the pass reaches it (not released, saved tensors unchanged). Pure: no ``.grad`` is written
+    and nothing is released, so a failure, wherever it happens, changes nothing; no gradient is
+    left waiting on an op.
     """
     at_leaves: dict[int, Tensor2D] = {}  # a made tensor's pending gradient waits on its op
     for root, seed in zip(roots, seeds):
@@ -169,6 +175,10 @@ def _propagate(
                 found.append((node, g))
             if op is None:
                 continue
+            if op.released:  # checked as the pass reaches each op: a failed pass changes nothing
+                _raise_released(op)
+            if op._checks_saved:
+                op.check_saved()
             if anomaly:  # rules build ops of their own: check their gradients, not their forwards
                 st.anomaly = False
                 try:
@@ -285,7 +295,6 @@ def backward(
     keep = create_graph if retain_graph is None else retain_graph
     with _lock:
         order = _topological_order([tensor])
-        _check_runnable(order)
         found = _propagate(order, [tensor], [seed], create_graph, None)
         # All or nothing: .grad is written only once every rule has run.
         taken = {seed._backend.storage(seed._data)} if grad is not None else set()
@@ -360,7 +369,6 @@ def grad(
                         f"grad: input #{i} ({t.nrows}x{t.ncols}) was not used to compute the outputs; "
                         "pass allow_unused=True to get None for it"
                     )
-        _check_runnable(order)
         found = dict((id(t), g) for t, g in _propagate(order, roots, seeds, create_graph, {id(t) for t in ins}))
         if not keep:
             _release(order)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from matgrad._checks import operands as _operands
 from matgrad._errors import AnomalyError, GraphError, user_site
-from matgrad.autograd.grad_mode import debug, state
+from matgrad.autograd.grad_mode import ANOMALY, GRAD, debug, state
 from matgrad.tensor import Tensor2D, _wrap
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Op", "RemovableHandle", "raise_modified", "record", "register_record_hook"]
 
 _sequence = itertools.count()
+_UNARY, _BINARY = 1, 2
 _requires_grad = operator.attrgetter("requires_grad")
 
 RecordHook = Callable[["Op"], None]
@@ -84,7 +85,6 @@ class Op(metaclass=_OpMeta):
       (m,1), (1,1) operands broadcast (the engine sums their gradients back); with ``arity`` 3
       the first operand is a condition of any dtype (``where``);
     * ``float_only``: every input must be float32/float64 (int64 is refused with a clear error);
-    * ``differentiable``: False for ops whose result never needs a gradient (argmax, compare);
     * ``saves`` / ``saves_output``: the inputs / the output whose *values* backward reads;
     * ``check(*inputs)``: an optional method for op-specific shape checks (matmul's inner size).
 
@@ -94,13 +94,13 @@ class Op(metaclass=_OpMeta):
 
     __slots__ = (
         "_out",
+        "_scope",
         "grad_out",
         "inputs",
         "mark",
         "needs_input_grad",
         "released",
         "saved",
-        "scope",
         "seq",
         "site",
         "versions",
@@ -110,11 +110,11 @@ class Op(metaclass=_OpMeta):
     arity: ClassVar[int] = 1
     broadcast: ClassVar[bool] = False
     float_only: ClassVar[bool] = True
-    differentiable: ClassVar[bool] = True
     saves: ClassVar[tuple[int, ...]] = ()
     saves_output: ClassVar[bool] = False
     views: ClassVar[bool] = False  # the output may share the input's storage (reshape): one version counter
     _has_check: ClassVar[bool] = False
+    _kind: ClassVar[int] = 0  # _UNARY, _BINARY or 0: which path of __call__ fits the declarations
     _checks_saved: ClassVar[bool] = False  # saves something, or overrides check_saved
     _moves: ClassVar[bool] = False  # defines result_backend: the output lives on another backend
 
@@ -123,7 +123,6 @@ class Op(metaclass=_OpMeta):
     needs_input_grad: tuple[bool, ...]
     released: bool
     saved: Any
-    scope: tuple[Any, ...]
     seq: int  # creation order: an op's inputs were all made by ops with smaller numbers
     site: str
     versions: tuple[int, ...]  # versions of the saved inputs (then the output) when recorded
@@ -148,12 +147,52 @@ class Op(metaclass=_OpMeta):
             cls.name = cls.__name__.lower()
         cls._has_check = any("check" in k.__dict__ for k in cls.__mro__ if k is not Op)
         cls._moves = any("result_backend" in k.__dict__ for k in cls.__mro__ if k is not Op)
+        plain = not (cls._has_check or cls._moves or cls.views)
+        cls._kind = (
+            _BINARY if plain and cls.broadcast and cls.arity == 2 else _UNARY if plain and cls.arity == 1 else 0
+        )
         cls._checks_saved = bool(cls.saves or cls.saves_output) or any(
             "check_saved" in k.__dict__ for k in cls.__mro__ if k is not Op
         )
 
     def __call__(self, *args: Any) -> Tensor2D:
         """Apply the op: check the operands as declared, run ``forward``, record the result."""
+        # The two commonest shapes of op get a path with as few calls and lookups as possible:
+        # every op runs through here, forward and in every backward rule.
+        kind = self._kind
+        if kind == _BINARY and len(args) == 2:
+            a, b = args
+            if not (
+                isinstance(a, Tensor2D)
+                and isinstance(b, Tensor2D)
+                and a._backend is b._backend
+                and a._data.dtype == b._data.dtype
+                and a._data.shape == b._data.shape
+                and (not self.float_only or a._data.dtype in a._backend.float_types)
+            ):
+                a, b = _operands(self, args)
+            be = a._backend
+            out = _wrap(self.forward(be, a._data, b._data), be)
+            mode = state.mode
+            if mode == GRAD:
+                if a.requires_grad or b.requires_grad:
+                    _link(self, out, (a, b))
+            elif mode:
+                _record_slow(self, out, (a, b), mode)
+            return out
+        if kind == _UNARY and len(args) == 1:
+            a = args[0]
+            if not isinstance(a, Tensor2D) or (self.float_only and a._data.dtype not in a._backend.float_types):
+                (a,) = _operands(self, args)
+            be = a._backend
+            out = _wrap(self.forward(be, a._data), be)
+            mode = state.mode
+            if mode == GRAD:
+                if a.requires_grad:
+                    _link(self, out, (a,))
+            elif mode:
+                _record_slow(self, out, (a,), mode)
+            return out
         inputs = _operands(self, args)
         if self._has_check:
             self.check(*inputs)
@@ -183,6 +222,18 @@ class Op(metaclass=_OpMeta):
         if out is None:
             raise GraphError(f"{self.describe()}: its output tensor no longer exists")
         return out
+
+    @property
+    def scope(self) -> tuple[Any, ...]:
+        """The modules this op was recorded inside, outermost first (``()`` outside any module).
+
+        Set by the diagrams' module tracking (``matgrad.viz.scope``), not by the engine.
+        """
+        return getattr(self, "_scope", ())
+
+    @scope.setter
+    def scope(self, modules: tuple[Any, ...]) -> None:
+        self._scope = modules
 
     def clear(self) -> None:
         """Forget a gradient left waiting here by a failed backward pass."""
@@ -221,36 +272,50 @@ _ZEROS = [(0,) * n for n in range(8)]
 def record(op: Op, data: Data, backend: Backend, inputs: tuple[Tensor2D, ...]) -> Tensor2D:
     """Wrap ``data`` as the output of ``op``; link it into the graph when grad mode is on."""
     out = _wrap(data, backend)
-    st = state
-    if st.anomaly:
-        _check_forward(op, out, inputs)
-    if st.grad_enabled and op.differentiable:
-        needs = tuple(map(_requires_grad, inputs))
-        if True in needs:
-            op.inputs = inputs
-            op.needs_input_grad = needs
-            op.released = False
-            op.grad_out = None
-            op.mark = None
-            op.seq = next(_sequence)
-            if op.saves_output:
-                op._out = weakref.ref(out)
-                op.versions = (*[_version(inputs[i]) for i in op.saves], _version(out))
-            elif op.saves:
-                for i in op.saves:  # a storage never changed in place is at version 0: the common case
-                    if inputs[i]._vc is not None:
-                        op.versions = tuple([_version(inputs[j]) for j in op.saves])
-                        break
-                else:
-                    op.versions = _ZEROS[len(op.saves)]
-            if debug.on or st.anomaly:
-                op.site = user_site()
-            if _record_hooks:
-                for hook in _record_hooks:
-                    hook(op)
-            out._op = op
-            out.requires_grad = True
+    mode = state.mode
+    if mode == GRAD:
+        for t in inputs:
+            if t.requires_grad:
+                _link(op, out, inputs)
+                break
+    elif mode:
+        _record_slow(op, out, inputs, mode)
     return out
+
+
+def _record_slow(op: Op, out: Tensor2D, inputs: tuple[Tensor2D, ...], mode: int) -> None:
+    """``record`` with anomaly detection on: check the output first, then link it."""
+    if mode & ANOMALY:
+        _check_forward(op, out, inputs)
+    if mode & GRAD and True in map(_requires_grad, inputs):
+        _link(op, out, inputs)
+
+
+def _link(op: Op, out: Tensor2D, inputs: tuple[Tensor2D, ...]) -> None:
+    """Make ``op`` the node that produced ``out``: inputs, what backward will need, its order."""
+    op.inputs = inputs
+    op.needs_input_grad = tuple(map(_requires_grad, inputs))
+    op.released = False
+    op.grad_out = None
+    op.mark = None
+    op.seq = next(_sequence)
+    if op.saves_output:
+        op._out = weakref.ref(out)
+        op.versions = (*[_version(inputs[i]) for i in op.saves], _version(out))
+    elif op.saves:
+        for i in op.saves:  # a storage never changed in place is at version 0: the common case
+            if inputs[i]._vc is not None:
+                op.versions = tuple([_version(inputs[j]) for j in op.saves])
+                break
+        else:
+            op.versions = _ZEROS[len(op.saves)]
+    if debug.on or state.anomaly:
+        op.site = user_site()
+    if _record_hooks:
+        for hook in _record_hooks:
+            hook(op)
+    out._op = op
+    out.requires_grad = True
 
 
 def _version(t: Tensor2D) -> int:
