@@ -389,9 +389,10 @@ class ArrayApiBackend(Backend):
 
     @staticmethod
     def _plain(index: Index, size: int) -> Index:
-        """A slice every library takes (a positive step), or the list it stands for."""
-        if isinstance(index, slice) and index.step is not None and index.step < 0:
-            return list(range(*index.indices(size)))
+        """A slice every library takes (bounds inside the axis, a positive step), or the list it stands for."""
+        if isinstance(index, slice):
+            start, stop, step = index.indices(size)
+            return list(range(start, stop, step)) if step < 0 else slice(start, stop, step)
         return index
 
     # -- construction and conversion ---------------------------------------------------------
@@ -615,7 +616,7 @@ class ArrayApiBackend(Backend):
         out = a[rows, :] if isinstance(rows, slice) else xp.take(a, self._index(rows), axis=0)
         if not isinstance(cols, slice):
             out = xp.take(out, self._index(cols), axis=1)
-        elif cols != slice(None):
+        elif cols != slice(0, a.shape[1], 1):
             out = out[:, cols]
         # basic slicing gives a view: copy, so the result owns its storage
         return xp.asarray(out, copy=True) if isinstance(rows, slice) and isinstance(cols, slice) else out
@@ -651,13 +652,14 @@ class ArrayApiBackend(Backend):
     def take_adjoint(self, g: Any, nrows: int, ncols: int, rows: Index, cols: Index) -> Any:
         xp = self.xp
         rows, cols = self._plain(rows, nrows), self._plain(cols, ncols)
+        whole_rows, whole_cols = slice(0, nrows, 1), slice(0, ncols, 1)
         if not isinstance(cols, slice):
             g = self._scatter(g, self._host_index(cols, ncols), ncols, 1)
-            cols = slice(None)
+            cols = whole_cols
         if not isinstance(rows, slice):
             g = self._scatter(g, self._host_index(rows, nrows), nrows, 0)
-            rows = slice(None)
-        if rows == slice(None) and cols == slice(None):
+            rows = whole_rows
+        if rows == whole_rows and cols == whole_cols:
             return g
         out = xp.zeros((nrows, ncols), dtype=g.dtype, device=self._dev)
         out[rows, cols] = g  # slices never repeat a position
