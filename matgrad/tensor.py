@@ -385,6 +385,13 @@ class Tensor2D:
         name = be.dtype(data)
         if name not in DTYPES:
             raise DTypeError(f"from_native: a matrix of dtype {name}; matgrad holds float32, float64 and int64")
+        if be.name not in ("numpy", "python"):
+            from matgrad.backends.array_api import native_backend
+
+            found = native_backend(data)
+            if found != (be.name, be.device):
+                where = "an array of another library" if found is None else f"{found[0]} on {found[1]}"
+                raise BackendError(f"from_native: the matrix is {where}, not of the {be.label} backend; use Tensor2D(data, ...) to copy it")
         flags = getattr(data, "flags", None)
         if flags is not None and not flags["C_CONTIGUOUS"]:
             raise ShapeError("from_native: the array is not C-contiguous (row-major); pass numpy.ascontiguousarray(a)")
@@ -806,11 +813,20 @@ def from_dlpack(array: Any, backend: str | Backend | None = None) -> Tensor2D:
         be = _backends.get(backend)
     if be.name == "python":
         raise BackendError("from_dlpack: the python backend cannot share memory; use Tensor2D(array, backend='python')")
+    from matgrad.backends.array_api import native_backend
+
+    if native_backend(array) == (be.name, be.device):
+        return Tensor2D.from_native(array, be)  # already this backend's own matrix
     xp = getattr(be, "xp", None)
     try:
         native = xp.from_dlpack(array)  # type: ignore[union-attr]
     except (BufferError, RuntimeError, TypeError, ValueError) as exc:
         raise BackendError(f"from_dlpack: the {be.label} backend cannot read this array in place ({exc})") from None
+    if be.name != "numpy" and native_backend(native) != (be.name, be.device):
+        raise BackendError(
+            f"from_dlpack: the array is not on {be.label}, so it cannot be shared; "
+            f"copy it with Tensor2D(array, backend={be.spec!r})"
+        )
     return Tensor2D.from_native(native, be)
 
 

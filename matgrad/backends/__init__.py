@@ -171,7 +171,9 @@ def _get_slow(name: str, device: str | None) -> Backend:
 
             key = normalize_device(base, device)
         elif base in ("numpy", "python"):
-            key = None if device is None or device.lower() in ("cpu", "cpu:0") else device
+            if device is not None and device.lower() not in ("cpu", "cpu:0"):
+                _create(base, device)  # raises: CPU only
+            key = None
         else:
             key = device
         spec = base if key is None or base in ("numpy", "python") else f"{base}:{key}"

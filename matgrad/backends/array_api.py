@@ -621,12 +621,13 @@ class ArrayApiBackend(Backend):
         # basic slicing gives a view: copy, so the result owns its storage
         return xp.asarray(out, copy=True) if isinstance(rows, slice) and isinstance(cols, slice) else out
 
-    def _scatter(self, g: Any, ids: Any, size: int, axis: int) -> Any:
+    def _scatter(self, g: Any, ids: Any, size: int, axis: int, repeats: bool = True) -> Any:
         """``out`` of ``size`` along ``axis`` with ``out[i] = sum of g[p] where ids[p] == i``, p in order.
 
         Gathers only (the standard has no scatter-add): for the j-th repeat of every position at
         once, one ``take`` from ``g`` padded with a zero slice (where a position has fewer), so
-        each output is ``((0 + g[p1]) + g[p2]) + ...`` exactly as NumPy's ``add.at`` sums it.
+        each output is ``((0 + g[p1]) + g[p2]) + ...`` exactly as NumPy's ``add.at`` sums it
+        (``repeats=False``: the positions of a slice, assigned, so ``g[p1]`` alone, as NumPy).
         """
         np, xp = self._np, self.xp
         k = ids.shape[0]
@@ -644,20 +645,26 @@ class ArrayApiBackend(Backend):
             source[has] = order[start[has] + j]
             part = xp.take(padded, self._from_host(source), axis=axis)
             if out is None:
-                out = part + self._num(part, 0.0)  # 0 + x: a lone -0.0 becomes +0.0, as add.at leaves it
+                out = part + self._num(part, 0.0) if repeats else part  # 0 + x: a lone -0.0 becomes +0.0, as add.at leaves it
             else:
                 out += part
         return out
 
     def take_adjoint(self, g: Any, nrows: int, ncols: int, rows: Index, cols: Index) -> Any:
         xp = self.xp
+        sliced = isinstance(rows, slice) and isinstance(cols, slice)  # NumPy assigns: no 0 + x
         rows, cols = self._plain(rows, nrows), self._plain(cols, ncols)
         whole_rows, whole_cols = slice(0, nrows, 1), slice(0, ncols, 1)
+        if not isinstance(rows, slice) and not isinstance(cols, slice):  # one pass, in add.at's order
+            r, c = self._host_index(rows, nrows), self._host_index(cols, ncols)
+            flat = (r[:, None] * ncols + c[None, :]).reshape(-1)
+            summed = self._scatter(xp.reshape(g, (-1, 1)), flat, nrows * ncols, 0)
+            return xp.reshape(summed, (nrows, ncols))
         if not isinstance(cols, slice):
-            g = self._scatter(g, self._host_index(cols, ncols), ncols, 1)
+            g = self._scatter(g, self._host_index(cols, ncols), ncols, 1, not sliced)
             cols = whole_cols
         if not isinstance(rows, slice):
-            g = self._scatter(g, self._host_index(rows, nrows), nrows, 0)
+            g = self._scatter(g, self._host_index(rows, nrows), nrows, 0, not sliced)
             rows = whole_rows
         if rows == whole_rows and cols == whole_cols:
             return g
