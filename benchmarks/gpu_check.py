@@ -25,8 +25,6 @@ For every backend found:
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
 import time
@@ -62,7 +60,11 @@ def find_targets(cpu: bool) -> tuple[list[str], list[str]]:
     else:
         found.append("cupy")
     if cpu:
-        found += [s for s, name in (("torch:cpu", "torch"), ("array_api_strict:device1", "array_api_strict")) if name in available]
+        found += [
+            s
+            for s, name in (("torch:cpu", "torch"), ("array_api_strict:device1", "array_api_strict"))
+            if name in available
+        ]
     return found, skipped
 
 

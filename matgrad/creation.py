@@ -70,7 +70,13 @@ def full(
 
 
 def zeros(
-    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None, device: Any = None
+    nrows: Any,
+    ncols: Any = None,
+    *,
+    requires_grad: bool = False,
+    dtype: Any = None,
+    backend: Any = None,
+    device: Any = None,
 ) -> Tensor2D:
     """An ``nrows x ncols`` matrix of zeros."""
     m, n = _size("zeros", nrows, ncols)
@@ -79,7 +85,13 @@ def zeros(
 
 
 def ones(
-    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None, device: Any = None
+    nrows: Any,
+    ncols: Any = None,
+    *,
+    requires_grad: bool = False,
+    dtype: Any = None,
+    backend: Any = None,
+    device: Any = None,
 ) -> Tensor2D:
     """An ``nrows x ncols`` matrix of ones."""
     m, n = _size("ones", nrows, ncols)
@@ -88,7 +100,13 @@ def ones(
 
 
 def eye(
-    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None, device: Any = None
+    nrows: Any,
+    ncols: Any = None,
+    *,
+    requires_grad: bool = False,
+    dtype: Any = None,
+    backend: Any = None,
+    device: Any = None,
 ) -> Tensor2D:
     """The identity: ones on the diagonal (square when ``ncols`` is omitted)."""
     m, n = _size("eye", nrows, nrows if ncols is None else ncols)
@@ -119,7 +137,13 @@ def uniform(
 
 
 def rand(
-    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None, device: Any = None
+    nrows: Any,
+    ncols: Any = None,
+    *,
+    requires_grad: bool = False,
+    dtype: Any = None,
+    backend: Any = None,
+    device: Any = None,
 ) -> Tensor2D:
     """Samples of U(0, 1)."""
     m, n = _size("rand", nrows, ncols)
@@ -128,7 +152,13 @@ def rand(
 
 
 def randn(
-    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None, device: Any = None
+    nrows: Any,
+    ncols: Any = None,
+    *,
+    requires_grad: bool = False,
+    dtype: Any = None,
+    backend: Any = None,
+    device: Any = None,
 ) -> Tensor2D:
     """Samples of N(0, 1)."""
     m, n = _size("randn", nrows, ncols)

@@ -385,13 +385,16 @@ class Tensor2D:
         name = be.dtype(data)
         if name not in DTYPES:
             raise DTypeError(f"from_native: a matrix of dtype {name}; matgrad holds float32, float64 and int64")
-        if be.name not in ("numpy", "python"):
+        owns = getattr(be, "owns", None)
+        if owns is not None and not owns(data):  # an Array API backend: its library, its device
             from matgrad.backends.array_api import native_backend
 
             found = native_backend(data)
-            if found != (be.name, be.device):
-                where = "an array of another library" if found is None else f"{found[0]} on {found[1]}"
-                raise BackendError(f"from_native: the matrix is {where}, not of the {be.label} backend; use Tensor2D(data, ...) to copy it")
+            where = "an array of another library" if found is None else f"{found[0]} on {found[1]}"
+            raise BackendError(
+                f"from_native: the matrix is {where}, not of the {be.label} backend; "
+                "copy it with Tensor2D(data, backend=...)"
+            )
         flags = getattr(data, "flags", None)
         if flags is not None and not flags["C_CONTIGUOUS"]:
             raise ShapeError("from_native: the array is not C-contiguous (row-major); pass numpy.ascontiguousarray(a)")
@@ -412,11 +415,12 @@ class Tensor2D:
         return self._backend.to_numpy(self._data)
 
     def __dlpack__(self, **kwargs: Any) -> Any:
-        """The native array's DLPack capsule (sharing memory), for ``numpy.from_dlpack(t)``, ``torch.from_dlpack(t)``."""
+        """The native array's DLPack capsule (shared memory): ``numpy.from_dlpack(t)``, ``torch.from_dlpack(t)``."""
         export = getattr(self._data, "__dlpack__", None)
         if export is None:
             raise BackendError(
-                f"DLPack: the {self.backend} backend's matrices have no DLPack export; use .numpy() or .to(backend='numpy')"
+                f"DLPack: the {self.backend} backend's matrices have no DLPack export; "
+                "use .numpy() or .to(backend='numpy')"
             )
         return export(**kwargs)
 
@@ -797,13 +801,15 @@ def _native_backend(data: Any) -> Backend:
 
 
 def from_dlpack(array: Any, backend: str | Backend | None = None) -> Tensor2D:
-    """A tensor sharing the memory of any DLPack array (a NumPy array, a PyTorch or CuPy tensor), as ``torch.from_dlpack``.
+    """A tensor sharing the memory of a DLPack array (NumPy, PyTorch, CuPy), as ``torch.from_dlpack``.
 
     ``backend`` defaults to the array's own library where matgrad has it as a backend (else
     numpy); the array must be 2-D, of a matgrad dtype, on a device that backend can read.
     """
     if not hasattr(array, "__dlpack__"):
-        raise ArgumentTypeError(f"from_dlpack: a {type(array).__name__} has no __dlpack__; pass a NumPy array or a tensor")
+        raise ArgumentTypeError(
+            f"from_dlpack: a {type(array).__name__} has no __dlpack__; pass a NumPy array or a tensor"
+        )
     if backend is None:
         try:
             be = _native_backend(array)

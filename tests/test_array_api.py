@@ -8,7 +8,6 @@ on the default device instead would meet a device1 array and raise, as a GPU mis
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import subprocess
@@ -205,7 +204,9 @@ def test_softmax_xent_checks_and_agrees(target: backends.Backend) -> None:
     _same(target, probs, probs_ref, exact=False)
     for scale in (0.5, target.from_rows([[1.0], [2.0]], "float64")):
         ref_scale = 0.5 if isinstance(scale, float) else NP.from_rows([[1.0], [2.0]], "float64")
-        _same(target, target.softmax_xent_grad(probs, t, scale), NP.softmax_xent_grad(probs_ref, t_ref, ref_scale), False)
+        _same(
+            target, target.softmax_xent_grad(probs, t, scale), NP.softmax_xent_grad(probs_ref, t_ref, ref_scale), False
+        )
     for bad in (3, -1):
         with pytest.raises(IndexError):
             target.softmax_xent(x, target.from_rows([[0], [bad]], "int64"))
@@ -235,10 +236,14 @@ def test_mixing_devices_is_a_clear_error() -> None:
     a = mg.Tensor2D([[1.0, 2.0]], backend="array_api_strict", device="device1")
     b = mg.Tensor2D([[1.0, 2.0]], backend="array_api_strict")
     assert (a.device, b.device) == ("device1", "CPU_DEVICE")
-    with pytest.raises(mg.BackendError, match=r"different devices \(array_api_strict on device1 and .*CPU_DEVICE\).*device='device1'"):
+    with pytest.raises(
+        mg.BackendError, match=r"different devices \(array_api_strict on device1 and .*CPU_DEVICE\).*device='device1'"
+    ):
         a + b
     with pytest.raises(mg.BackendError, match="different devices"):
-        F.cross_entropy(mg.Tensor2D([[0.0, 1.0]], backend=a.kernels), mg.Tensor2D([[1]], dtype="int64", backend=b.kernels))
+        F.cross_entropy(
+            mg.Tensor2D([[0.0, 1.0]], backend=a.kernels), mg.Tensor2D([[1]], dtype="int64", backend=b.kernels)
+        )
     moved = b.to(device="device1")
     assert moved.device == "device1" and (a + moved).tolist() == [[2.0, 4.0]]
     with pytest.raises(mg.BackendError, match="different backends"):
@@ -370,8 +375,14 @@ def test_training_steps_equal_numpys(target: backends.Backend, optimizer: str) -
         mg.manual_seed(0)
         x = mg.randn(40, 6, backend=be)
         y = mg.Tensor2D([[i % 3] for i in range(40)], dtype="int64", backend=be)
-        model = mg.nn.Sequential(mg.nn.Linear(6, 8, backend=be), mg.nn.ReLU(), mg.nn.Dropout(0.2), mg.nn.Linear(8, 3, backend=be))
-        opt = mg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if optimizer == "sgd" else mg.optim.Adam(model.parameters(), lr=0.01)
+        model = mg.nn.Sequential(
+            mg.nn.Linear(6, 8, backend=be), mg.nn.ReLU(), mg.nn.Dropout(0.2), mg.nn.Linear(8, 3, backend=be)
+        )
+        opt = (
+            mg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            if optimizer == "sgd"
+            else mg.optim.Adam(model.parameters(), lr=0.01)
+        )
 
         def step(xb: mg.Tensor2D, yb: mg.Tensor2D) -> mg.Tensor2D:
             loss = F.cross_entropy(model(xb), yb)

@@ -114,7 +114,7 @@ def _create(name: str, device: str | None) -> Backend:
             missing = [m for m in ("numpy", "array_api_compat", name) if not _installed(m)]
             raise BackendError(
                 f"the {name} backend needs {', '.join(missing)}, not installed: "
-                f"`pip install \"matgrad[array-api]\" {name.replace('_', '-')}`"
+                f'`pip install "matgrad[array-api]" {name.replace("_", "-")}`'
             )
         from matgrad.backends.array_api import ArrayApiBackend
 

@@ -85,7 +85,7 @@ class _Library:
 
     def quiet(self) -> ContextManager[Any]:
         """A context where the library warns of no floating-point edge (log 0, 1/0, overflow)."""
-        return self.np.errstate(all="ignore")  # type: ignore[no-any-return]
+        return self.np.errstate(all="ignore")
 
 
 class _Torch(_Library):
@@ -179,7 +179,9 @@ class _CuPy(_Library):
             return self.default_device()
         index = text.removeprefix("cuda:")
         if not index.isdigit() or int(index) >= count:
-            raise BackendError(f"cupy: there is no device {device!r}; {count} CUDA device(s): cuda:0 .. cuda:{count - 1}")
+            raise BackendError(
+                f"cupy: there is no device {device!r}; {count} CUDA device(s): cuda:0 .. cuda:{count - 1}"
+            )
         return f"cuda:{int(index)}"
 
     def native_device(self, device: str) -> Any:
@@ -332,6 +334,12 @@ class ArrayApiBackend(Backend):
             "sigmoid": self._sigmoid,
         }
         self._quiet_ops = {"exp", "log", "log1p", "sqrt", "sigmoid"}
+
+    def owns(self, data: Any) -> bool:
+        """True when ``data`` is an array of this backend's library on its device."""
+        if self.library == "numpy":
+            return type(data).__module__ == "numpy"
+        return native_backend(data) == (self.library, self.device)
 
     # -- helpers ------------------------------------------------------------------------------
     def _from_host(self, array: Any, copy: bool = False) -> Any:
@@ -496,10 +504,10 @@ class ArrayApiBackend(Backend):
         with self._quiet():
             return a**b
 
-    def _arrays(self, a: Operand, b: Operand) -> tuple[Any, Any]:
+    def _arrays(self, a: Any, b: Any) -> tuple[Any, Any]:
         """Both operands as arrays: a number becomes a 0-D array of the other's dtype."""
         if isinstance(b, (int, float)):
-            return a, self._const(b, a.dtype)  # type: ignore[union-attr]
+            return a, self._const(b, a.dtype)
         if isinstance(a, (int, float)):
             return self._const(a, b.dtype), b
         return a, b
@@ -511,14 +519,15 @@ class ArrayApiBackend(Backend):
         return self.xp.minimum(*self._arrays(a, b))
 
     def compare(self, op: str, a: Operand, b: Operand, out_dtype: str | None = None) -> Any:
-        matrix = b if isinstance(a, (int, float)) else a
-        number = a if matrix is b else b
+        left = isinstance(a, (int, float))
+        matrix: Any = b if left else a
+        number = a if left else b
+        dt = matrix.dtype if out_dtype is None else self._dtypes[out_dtype]
         if isinstance(number, float) and matrix.dtype == self._int64 and not number.is_integer():
             matrix = self.xp.astype(matrix, self.xp.float64)  # 3 < 3.5 without mixing kinds
-            a, b = (number, matrix) if matrix is b else (matrix, number)
+            a, b = (number, matrix) if left else (matrix, number)
         else:
             a, b = self._operands(a, b)
-        dt = matrix.dtype if out_dtype is None else self._dtypes[out_dtype]
         return self.xp.astype(self._compare[op](a, b), dt)
 
     def _truth(self, cond: Any) -> Any:
@@ -645,7 +654,9 @@ class ArrayApiBackend(Backend):
             source[has] = order[start[has] + j]
             part = xp.take(padded, self._from_host(source), axis=axis)
             if out is None:
-                out = part + self._num(part, 0.0) if repeats else part  # 0 + x: a lone -0.0 becomes +0.0, as add.at leaves it
+                out = (
+                    part + self._num(part, 0.0) if repeats else part
+                )  # 0 + x: a lone -0.0 becomes +0.0, as add.at leaves it
             else:
                 out += part
         return out
