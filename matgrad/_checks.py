@@ -150,7 +150,15 @@ def operands(op: Op, args: tuple[Any, ...]) -> tuple[Tensor2D, ...]:
             if cond._backend is not a._backend:
                 same_storage(op.describe(), a, cond)
             return cond, a, b
-        a, b = binary(op.describe(), *args)
+        a, b = args
+        if (  # the common case, checked without naming the op (describe() is for messages)
+            type(a) is not Tensor2D
+            or type(b) is not Tensor2D
+            or a._backend is not b._backend
+            or a._data.dtype != b._data.dtype
+            or a._data.shape != b._data.shape
+        ):
+            a, b = binary(op.describe(), a, b)
         if op.float_only and a._data.dtype not in a._backend.float_types:
             need_float(op.describe(), a)
         return a, b

@@ -73,7 +73,8 @@ def _recording() -> bool:
 def _select(mask: Data, grad: Tensor2D) -> Tensor2D:
     """``where(mask, grad, 0)`` for a 0/1 ``mask`` built by ``compare``: one kernel unless it must be recorded."""
     be = grad._backend
-    if not _recording():
+    st = _state
+    if not (st.grad_enabled or st.anomaly):
         return _wrap(be.keep(grad._data, mask), be)
     return Where()(_wrap(mask, be), grad, 0.0)
 
@@ -487,7 +488,8 @@ class MatMul(Op):
 
 def gemm(a: Tensor2D, b: Tensor2D, trans_a: bool = False, trans_b: bool = False) -> Tensor2D:
     """``op(a) @ op(b)`` without materialising the transposes (used by backward rules)."""
-    if not _recording():  # backward without create_graph: the kernel alone
+    st = _state
+    if not (st.grad_enabled or st.anomaly):  # backward without create_graph: the kernel alone
         be = a._backend
         return _wrap(be.matmul(a._data, b._data, trans_a, trans_b), be)
     return MatMul(trans_a, trans_b)(a, b)

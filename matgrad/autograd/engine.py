@@ -118,7 +118,8 @@ def _check_runnable(order: list[Tensor2D]) -> None:
                 f"backward through {op.describe()} a second time: its graph was released by the "
                 "first backward; pass retain_graph=True to the first call (or recompute the forward pass)"
             )
-        op.check_saved()
+        if op._checks_saved:
+            op.check_saved()
 
 
 def _propagate(

@@ -114,6 +114,7 @@ class Op(metaclass=_OpMeta):
     saves_output: ClassVar[bool] = False
     views: ClassVar[bool] = False  # the output may share the input's storage (reshape): one version counter
     _has_check: ClassVar[bool] = False
+    _checks_saved: ClassVar[bool] = False  # saves something, or overrides check_saved
     _moves: ClassVar[bool] = False  # defines result_backend: the output lives on another backend
 
     # Set by ``record`` when the op joins a graph (slots, so unset on ops that never do).
@@ -146,6 +147,9 @@ class Op(metaclass=_OpMeta):
             cls.name = cls.__name__.lower()
         cls._has_check = any("check" in k.__dict__ for k in cls.__mro__ if k is not Op)
         cls._moves = any("result_backend" in k.__dict__ for k in cls.__mro__ if k is not Op)
+        cls._checks_saved = bool(cls.saves or cls.saves_output) or any(
+            "check_saved" in k.__dict__ for k in cls.__mro__ if k is not Op
+        )
 
     def __call__(self, *args: Any) -> Tensor2D:
         """Apply the op: check the operands as declared, run ``forward``, record the result."""
@@ -195,10 +199,11 @@ class Op(metaclass=_OpMeta):
     def check_saved(self) -> None:
         """Raise if a tensor saved for backward was changed in place since the op was recorded."""
         if self.saves:
+            versions, inputs = self.versions, self.inputs
             for k, i in enumerate(self.saves):
-                t = self.inputs[i]
-                if _version(t) != self.versions[k]:
-                    raise_modified(self, f"input #{i}", t, self.versions[k])
+                vc = inputs[i]._vc
+                if vc is not None and vc.count != versions[k]:
+                    raise_modified(self, f"input #{i}", inputs[i], versions[k])
         if self.saves_output:
             out = self._out()
             if out is not None and _version(out) != self.versions[-1]:
@@ -209,6 +214,7 @@ class Op(metaclass=_OpMeta):
 
 
 _object_new = object.__new__
+_ZEROS = [(0,) * n for n in range(8)]
 
 
 def record(op: Op, data: Data, backend: Backend, inputs: tuple[Tensor2D, ...]) -> Tensor2D:
@@ -230,7 +236,12 @@ def record(op: Op, data: Data, backend: Backend, inputs: tuple[Tensor2D, ...]) -
                 op._out = weakref.ref(out)
                 op.versions = (*[_version(inputs[i]) for i in op.saves], _version(out))
             elif op.saves:
-                op.versions = tuple([_version(inputs[i]) for i in op.saves])
+                for i in op.saves:  # a storage never changed in place is at version 0: the common case
+                    if inputs[i]._vc is not None:
+                        op.versions = tuple([_version(inputs[j]) for j in op.saves])
+                        break
+                else:
+                    op.versions = _ZEROS[len(op.saves)]
             if debug.on or st.anomaly:
                 op.site = user_site()
             if _record_hooks:

@@ -195,10 +195,13 @@ class Module:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         own = self.__dict__.get("_hooks")
-        if not (_global_pre_hooks or _global_hooks or own):
-            return self.forward(*args, **kwargs)
-        pre = [*_global_pre_hooks, *(own[0] if own else ())]
-        post = [*_global_hooks, *(own[1] if own else ())]
+        if own is None:
+            if not (_global_pre_hooks or _global_hooks):
+                return self.forward(*args, **kwargs)
+            pre: list[PreHook] = _global_pre_hooks  # the common case: no list is built
+            post: list[Hook] = _global_hooks
+        else:
+            pre, post = [*_global_pre_hooks, *own[0]], [*_global_hooks, *own[1]]
         for hook in pre:
             new = hook(self, args)
             if new is not None:
@@ -206,12 +209,12 @@ class Module:
         try:
             output = self.forward(*args, **kwargs)
         except BaseException:
-            for hook in post:
-                if id(hook) in _always_called:
-                    hook(self, args, None)
+            for after in post:
+                if id(after) in _always_called:
+                    after(self, args, None)
             raise
-        for hook in post:
-            new = hook(self, args, output)
+        for after in post:
+            new = after(self, args, output)
             if new is not None:
                 output = new
         return output

@@ -173,8 +173,9 @@ class Optimizer:
             for group, grads in zip(self.param_groups, checked):
                 if grads:
                     self._step_group(group, grads)
+                    how = f"{type(self).__name__}.step()"
                     for p, _ in grads:  # a graph that saved p before this step can no longer use it
-                        p._mark_changed(f"{type(self).__name__}.step()")
+                        p._mark_changed(how)
         return loss
 
     def _grad(self, p: Tensor2D) -> Data | None:
@@ -182,14 +183,14 @@ class Optimizer:
         g = p.grad
         if g is None:
             return None
-        gd = g.native
-        if gd.shape != p.native.shape or g.kernels is not p.kernels or gd.dtype != p.native.dtype:
+        gd, pd = g.native, p.native
+        if gd.shape != pd.shape or g.kernels is not p.kernels or gd.dtype != pd.dtype:
             what = f"{_fmt(g.shape)} {g.dtype} on {g.backend}"
             message = (
                 f"{type(self).__name__}.step: a {_fmt(p.shape)} {p.dtype} parameter on {p.backend} has a .grad "
                 f"of {what}; gradients must match their parameter (nothing was updated)"
             )
-            if gd.shape != p.native.shape:
+            if gd.shape != pd.shape:
                 raise ShapeError(message)
             if g.kernels is not p.kernels:
                 raise BackendError(message)
