@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 from typing import Any, Callable, ContextManager, Literal, Sequence
 
 from matgrad._errors import BackendError, TensorIndexError
@@ -574,6 +575,90 @@ class ArrayApiBackend(Backend):
 
     def cat(self, parts: Sequence[Any], axis: Literal[0, 1]) -> Any:
         return self.xp.concat(list(parts), axis=axis)
+
+    # -- images: sliding windows (convolution and pooling) ------------------------------------
+    # The numpy backend's scheme (one strided slice per kernel tap), which needs only slicing,
+    # permute_dims, reshape and assignment into slices from the standard; every array is made
+    # on this device. ``window`` is a ``Window`` (base.py).
+    def _taps(self, w: Any) -> list[tuple[int, int, slice, slice]]:
+        """Each kernel tap ``(i, j)``, with the rows and columns of the padded images it reads at every position."""
+        return [
+            (
+                i,
+                j,
+                slice(i * w.dh, i * w.dh + w.sh * (w.out_h - 1) + 1, w.sh),
+                slice(j * w.dw, j * w.dw + w.sw * (w.out_w - 1) + 1, w.sw),
+            )
+            for i in range(w.kh)
+            for j in range(w.kw)
+        ]
+
+    def _padded(self, a: Any, w: Any, value: float) -> Any:
+        """``a`` as ``(B, C, H + 2 ph, W + 2 pw)`` with ``value`` in the border."""
+        xp = self.xp
+        x = xp.reshape(a, (a.shape[0], w.channels, w.height, w.width))
+        if w.ph == 0 and w.pw == 0:
+            return x
+        shape = (a.shape[0], w.channels, w.height + 2 * w.ph, w.width + 2 * w.pw)
+        out = xp.full(shape, value, dtype=a.dtype, device=self._dev)
+        out[:, :, w.ph : w.ph + w.height, w.pw : w.pw + w.width] = x
+        return out
+
+    def _unpadded(self, x: Any, w: Any) -> Any:
+        """``(B, C, Hp, Wp)`` padded images back to ``(B, C*H*W)`` rows (the border dropped)."""
+        if w.ph or w.pw:
+            x = x[:, :, w.ph : w.ph + w.height, w.pw : w.pw + w.width]
+        return self.xp.reshape(x, (x.shape[0], w.channels * w.height * w.width))
+
+    def unfold(self, a: Any, window: Any, pad_value: float = 0.0) -> Any:
+        xp, w = self.xp, window
+        n = a.shape[0]
+        x = self._padded(a, w, pad_value)
+        out = xp.empty((n, w.out_h, w.out_w, w.channels, w.kh, w.kw), dtype=a.dtype, device=self._dev)
+        for i, j, rows, cols in self._taps(w):
+            out[:, :, :, :, i, j] = xp.permute_dims(x[:, :, rows, cols], (0, 2, 3, 1))
+        return xp.reshape(out, (n * w.out_h * w.out_w, w.channels * w.kh * w.kw))
+
+    def fold(self, a: Any, window: Any) -> Any:
+        xp, w = self.xp, window
+        n = a.shape[0] // (w.out_h * w.out_w)
+        patches = xp.reshape(a, (n, w.out_h, w.out_w, w.channels, w.kh, w.kw))
+        out = xp.zeros((n, w.height + 2 * w.ph, w.width + 2 * w.pw, w.channels), dtype=a.dtype, device=self._dev)
+        for i, j, rows, cols in self._taps(w):  # one tap never visits a position twice: += is safe
+            out[:, rows, cols, :] += patches[:, :, :, :, i, j]
+        if w.ph or w.pw:
+            out = out[:, w.ph : w.ph + w.height, w.pw : w.pw + w.width, :]
+        return xp.reshape(xp.permute_dims(out, (0, 3, 1, 2)), (n, w.channels * w.height * w.width))
+
+    def block_transpose(self, a: Any, p: int, q: int) -> Any:
+        xp = self.xp
+        n = a.shape[0] * a.shape[1] // (p * q)
+        blocks = xp.permute_dims(xp.reshape(a, (n, p, q)), (0, 2, 1))
+        return xp.reshape(blocks, (n, q * p))
+
+    def max_pool(self, a: Any, window: Any) -> Any:
+        xp, w = self.xp, window
+        x = self._padded(a, w, -math.inf)
+        out = None
+        for _, _, rows, cols in self._taps(w):
+            tap = x[:, :, rows, cols]
+            out = xp.asarray(tap, copy=True) if out is None else xp.maximum(out, tap)
+        return xp.reshape(out, (a.shape[0], w.channels * w.out_h * w.out_w))
+
+    def max_pool_adjoint(self, a: Any, out: Any, g: Any, window: Any) -> Any:
+        xp, w = self.xp, window
+        shape = (a.shape[0], w.channels, w.out_h, w.out_w)
+        x, top, share = self._padded(a, w, -math.inf), xp.reshape(out, shape), xp.reshape(g, shape)
+        hits, count = [], xp.zeros(shape, dtype=a.dtype, device=self._dev)
+        for _, _, rows, cols in self._taps(w):
+            hit = x[:, :, rows, cols] == top
+            hits.append(hit)
+            count += xp.astype(hit, a.dtype)
+        share = share / xp.where(count > 0, count, self._const(1.0, a.dtype))  # a NaN window has no maximum
+        grad = xp.zeros(x.shape, dtype=a.dtype, device=self._dev)
+        for hit, (_, _, rows, cols) in zip(hits, self._taps(w)):
+            grad[:, :, rows, cols] += xp.where(hit, share, self._zeros[a.dtype])
+        return self._unpadded(grad, w)
 
     # -- fused softmax cross-entropy ---------------------------------------------------------
     def softmax_xent(self, x: Any, targets: Any) -> tuple[Any, Any]:
