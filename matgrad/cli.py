@@ -111,9 +111,7 @@ def backend_options(p: argparse.ArgumentParser) -> None:
     from matgrad.backends import NAMES
 
     p.add_argument("--backend", choices=NAMES, help="matrix backend (default: numpy if installed)")
-    p.add_argument(
-        "--device", help="where the backend computes: cuda, cuda:1, cpu (torch, cupy; default: the library's own)"
-    )
+    p.add_argument("--device", help="the backend's device: cuda, cuda:1, cpu (torch, cupy), device1 (array_api_strict)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
