@@ -306,7 +306,12 @@ class ArrayApiBackend(Backend):
         xp = self.xp = lib.xp
         self._dtypes = {"float32": xp.float32, "float64": xp.float64, "int64": xp.int64}
         # Each library's own dtype objects, as arrays report them (a.dtype), for cheap lookups.
-        probes = {name: xp.zeros((1, 1), dtype=t, device=self._dev) for name, t in self._dtypes.items()}
+        try:
+            probes = {name: xp.zeros((1, 1), dtype=t, device=self._dev) for name, t in self._dtypes.items()}
+        except (RuntimeError, TypeError, ValueError) as exc:  # e.g. a device without float64 (MPS)
+            raise BackendError(
+                f"{library} on {self.device}: matgrad needs float32, float64 and int64 there ({exc})"
+            ) from None
         self._names = {p.dtype: name for name, p in probes.items()}
         self.float_types = frozenset({probes["float32"].dtype, probes["float64"].dtype})
         self._int64 = probes["int64"].dtype
@@ -343,9 +348,9 @@ class ArrayApiBackend(Backend):
         return native_backend(data) == (self.library, self.device)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _from_host(self, array: Any, copy: bool = False) -> Any:
-        """A host NumPy array on this device (``copy``: never sharing the NumPy memory)."""
-        return self.xp.asarray(array, device=self._dev, copy=True if copy else None)
+    def _from_host(self, array: Any) -> Any:
+        """A fresh host NumPy array on this device (on a CPU device it may keep the NumPy memory)."""
+        return self.xp.asarray(array, device=self._dev)
 
     def _num(self, a: Any, v: float) -> Any:
         """A Python float that meets the matrix ``a``: an int when ``a`` is int64 (no mixed kinds)."""
