@@ -20,6 +20,8 @@ one epoch of the training loop only:
   gather (``--gather wrap``, default) is ``Tensor2D.from_native(X[idx])`` on NumPy arrays, the same fancy indexing
   as the reference, so the difference measures matgrad itself; ``--gather index`` indexes a
   Tensor2D instead (``X_t[idx]``, what a user would write).
+- matgrad-compiled: the same step wrapped in ``matgrad.compile`` (captured on its first calls,
+  replayed after; the ``--gather wrap`` loop only).
 - numpy-reference: ``benchmarks/reference_numpy.py`` (manual backward, buffers reused, in place).
 - torch: ``torch.nn.Sequential(Linear, ReLU, ..., Linear)``, ``F.cross_entropy``,
   ``torch.optim.SGD``; the gather is tensor indexing ``X_t[perm_t[lo:hi]]`` (no DataLoader).
@@ -62,7 +64,7 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench
 
-FRAMEWORKS = ("matgrad-numpy", "numpy-reference", "torch")
+FRAMEWORKS = ("matgrad-numpy", "matgrad-compiled", "numpy-reference", "torch")
 EXTRA = ("matgrad-torch", "matgrad-array-api-numpy")  # run only when --frameworks names them
 PYTHON = "matgrad-python"
 DEFAULT_MODELS = "784-128-10,784-256-128-10"
@@ -73,7 +75,9 @@ DEFAULT_MODELS = "784-128-10,784-256-128-10"
 # ---------------------------------------------------------------------------------------------
 
 
-def _matgrad_trainer(args: argparse.Namespace, backend: Any, x: Any, y: Any) -> dict[str, Callable[..., Any]]:
+def _matgrad_trainer(
+    args: argparse.Namespace, backend: Any, x: Any, y: Any, compiled: bool = False
+) -> dict[str, Callable[..., Any]]:
     import numpy as np
 
     import matgrad as mg
@@ -148,14 +152,19 @@ def _matgrad_trainer(args: argparse.Namespace, backend: Any, x: Any, y: Any) -> 
     else:
         y2 = y.reshape(-1, 1)
 
+        def train_step(xb: Any, yb: Any) -> Any:
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        step = mg.compile(train_step) if compiled else train_step
+
         def epoch(perm: Any) -> None:
             for lo in range(0, len(perm), bs):
                 idx = perm[lo : lo + bs]
-                xb, yb = Tensor2D.from_native(x[idx], be), Tensor2D.from_native(y2[idx], be)
-                loss = F.cross_entropy(model(xb), yb)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                step(Tensor2D.from_native(x[idx], be), Tensor2D.from_native(y2[idx], be))
 
     return {"load": load, "params": params, "epoch": epoch}
 
@@ -239,8 +248,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         x, y = x[subset], y[subset]
         trainer = _matgrad_trainer(args, "python", x, y)
         n = n_sub
-    elif fw == "matgrad-numpy":
-        trainer = _matgrad_trainer(args, "numpy", x, y)
+    elif fw in ("matgrad-numpy", "matgrad-compiled"):
+        trainer = _matgrad_trainer(args, "numpy", x, y, compiled=fw == "matgrad-compiled")
         n = n_total
     elif fw == "matgrad-torch":
         trainer = _matgrad_trainer(args, "torch", x, y)
@@ -498,6 +507,7 @@ def _aggregate(
     ratios: dict[str, dict[str, Any]] = {}
     pairs = [
         ("matgrad-numpy", "numpy-reference"),
+        ("matgrad-compiled", "numpy-reference"),
         ("matgrad-numpy", "torch"),
         ("torch", "numpy-reference"),
         ("matgrad-array-api-numpy", "numpy-reference"),

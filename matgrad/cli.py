@@ -395,6 +395,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from matgrad._parallel import session
+
+    # Under torchrun (WORLD_SIZE > 1): data parallel, and rank 0 alone prints, evaluates and writes.
+    with session(args) as par:
+        return _train_in(args, par)
+
+
+def _train_in(args: argparse.Namespace, par: Any) -> int:
     import matgrad as mg
     import matgrad.functional as F
     from matgrad import nn, optim
@@ -417,7 +425,8 @@ def _train(args: argparse.Namespace) -> int:
         except ImportError:
             raise CommandError('--plot needs matplotlib: pip install "matgrad[plot]"') from None
     _use_backend(args)
-    data, source = _load_data(args)
+    with par.main_first(args.download):  # one process downloads, the others read what it wrote
+        data, source = _load_data(args)
     x_train, y_train = data.x_train, data.y_train
     if args.limit is not None:
         n = min(args.limit, x_train.nrows)
@@ -433,13 +442,16 @@ def _train(args: argparse.Namespace) -> int:
         "use smaller --hidden sizes or a smaller --batch-size",
     )
     model = nn.MLP(sizes)
+    ddp = par.wrap(model)  # among several processes: rank 0's parameters everywhere, gradients averaged
     if args.optimizer == "sgd":
         opt: optim.Optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         recipe = f"SGD lr {args.lr:g}, momentum {args.momentum:g}"
     else:
         opt = optim.Adam(model.parameters(), lr=args.lr)
         recipe = f"Adam lr {args.lr:g}"
-    loader = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed)
+    loader = DataLoader(
+        x_train, y_train, args.batch_size, shuffle=True, seed=args.seed, rank=par.rank, world_size=par.world_size
+    )
     watch = _training_explorer(args, model, x_train, y_train, len(loader) * args.epochs, sizes)
     print(
         f"matgrad {mg.__version__} | backend {_backend_label()} | {source}: {x_train.nrows} training and "
@@ -447,7 +459,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     print(
         f"model MLP {'-'.join(map(str, sizes))} ({sum(p.nrows * p.ncols for p in model.parameters()):,} "
-        f"parameters) | {recipe} | batch {args.batch_size} | {args.epochs} epochs | seed {args.seed}"
+        f"parameters) | {recipe} | batch {par.batch_text(args.batch_size)} | {args.epochs} epochs | seed {args.seed}"
     )
 
     def train_step(xb: Tensor2D, yb: Tensor2D) -> tuple[Tensor2D, Tensor2D]:
@@ -455,7 +467,8 @@ def _train(args: argparse.Namespace) -> int:
         loss = F.cross_entropy(logits, yb)
         opt.zero_grad()
         loss.backward()
-        opt.step()
+        if ddp is None:
+            opt.step()
         return loss, logits
 
     step = mg.compile(train_step) if args.compile else train_step
@@ -478,6 +491,9 @@ def _train(args: argparse.Namespace) -> int:
         )
         for xb, yb in bar:
             loss, logits = step(xb, yb)
+            if ddp is not None:  # outside the compiled step, whose replay would skip the all-reduce
+                ddp.average_gradients()  # one all-reduce: the mean of every process's gradients
+                opt.step()
             value = loss.item()
             if watch is not None:
                 watch.step(value, logits, yb, epoch)
@@ -486,6 +502,9 @@ def _train(args: argparse.Namespace) -> int:
             elapsed = time.perf_counter() - t0
             bar.set_postfix(loss=f"{value:.4f}", img_per_s=f"{seen / elapsed:,.0f}" if elapsed else "-", refresh=False)
         train_time = time.perf_counter() - t0
+        total, seen = par.sum(total, seen)  # over every process: the loss of the whole epoch
+        if not par.is_main:
+            continue
         train_acc = accuracy(predict(model, x_train), y_train)
         test_preds = predict(model, data.x_test)
         test_acc = accuracy(test_preds, data.y_test)
@@ -496,6 +515,9 @@ def _train(args: argparse.Namespace) -> int:
             f"epoch {epoch:>3}/{args.epochs}  loss {total / seen:.4f}  train acc {train_acc:7.2%}  "
             f"test acc {test_acc:7.2%}  time {train_time:.2f}s ({seen / train_time:,.0f} img/s)"
         )
+    par.finish()  # every process has finished training: only now does rank 0 write anything
+    if not par.is_main:
+        return 0
     total_time = time.perf_counter() - started
     print(
         f"\ndone in {total_time:.1f}s: final test accuracy {history[-1]['test_acc']:.2%} "
@@ -740,6 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     from matgrad._errors import MatgradError
+    from matgrad._parallel import rank_tag
 
     try:
         return _COMMANDS[args.command](args)
@@ -751,10 +774,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("matgrad: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryError:  # NumPy's _ArrayMemoryError too: one line that says what to change
-        print(f"matgrad {args.command}: error: out of memory; {_MEMORY_HINTS[args.command]}", file=sys.stderr)
+        print(
+            f"matgrad {args.command}{rank_tag()}: error: out of memory; {_MEMORY_HINTS[args.command]}", file=sys.stderr
+        )
         return EXIT_ERROR
     except (CommandError, MatgradError, OSError, ValueError) as exc:
-        print(f"matgrad {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"matgrad {args.command}{rank_tag()}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         while _running:  # a live explorer's server stops (its thread joined) however the command ends

@@ -11,9 +11,11 @@ the same"):
 1. **Capture.** A call runs ``fn`` eagerly while every backend kernel it calls is recorded: the
    kernel, its constants, and where each matrix argument comes from (an input of this call, the
    result of an earlier kernel, or a matrix that outlives the call, such as a parameter's).
-   ``Optimizer.step``, ``zero_grad`` and learning-rate schedulers are recorded as calls to make
-   again, not as kernels, so their Python state (step counts, learning rates) stays live; the
-   ``.grad`` that ``backward`` leaves on each parameter is recorded too.
+   ``Optimizer.step``, ``zero_grad``, learning-rate schedulers and a ``DistributedDataParallel``'s
+   ``average_gradients`` are recorded as calls to make again, not as kernels, so their Python
+   state (step counts, learning rates) stays live; the ``.grad`` that ``backward`` leaves on
+   each parameter is recorded too. An in-place change that no kernel made (``set_``, a
+   collective on a tensor) makes the step run eagerly.
 2. **Validation.** The next call with the same signature is captured again. Only when two
    consecutive captures are identical (same kernels, same constants, the same persistent
    matrices, the same values read back into Python) is the plan trusted. The first steps of
@@ -332,11 +334,14 @@ class _Capture:
                 method = getattr(be, name)
                 setattr(be, name, rec.kernel(be, name, method))
             self.undo.append(functools.partial(_restore, be, _KERNELS))
+        from matgrad.distributed import DistributedDataParallel
+
         for cls, method, label in (
             (Optimizer, "step", "{}.step()"),
             (Optimizer, "zero_grad", "{}.zero_grad()"),
             (Module, "zero_grad", "{}.zero_grad()"),
             (LRScheduler, "step", "{}.step()"),
+            (DistributedDataParallel, "average_gradients", "{}.average_gradients()"),
         ):
             self._patch_class(cls, method, label)
         original_backward = _engine.backward
@@ -396,6 +401,12 @@ class _Capture:
         def mark(tensor: Tensor2D, how: str) -> None:
             original(tensor, how)
             if rec.ours():
+                last = rec.trace.items[-1] if rec.trace.items else None
+                if not (
+                    isinstance(last, Kernel) and last.name in _MUTATING and last.args[:1] == (rec.ref(tensor._data),)
+                ):
+                    # set_, a collective or a NumPy write: a change no recorded kernel made
+                    rec.fail(f"{how} changed a tensor in place without a kernel the plan could replay")
                 rec.trace.items.append(MarkChanged(rec.tensor_ref(tensor), how))
                 rec.mutated = True
 

@@ -130,7 +130,7 @@ def _target_column(name: str, targets: Any, n: int, c: int, be: Backend) -> Any:
     """Class indices for ``n`` rows of ``c`` classes as a native int64 (n, 1) matrix on ``be``.
 
     Checked for type and length; lists are also checked for range (a tensor's range is checked
-    by the caller, or by the fused kernel as it gathers).
+    by the caller, or by the fused kernel as it gathers). Always new storage, never the caller's.
     """
     wanted = f"{n} rows of {n}x{c} logits need {n} class indices (an int64 {n}x1 column or a list of {n} ints)"
     if isinstance(targets, Tensor2D):
@@ -146,8 +146,10 @@ def _target_column(name: str, targets: Any, n: int, c: int, be: Backend) -> Any:
                 f"move the targets with .to(backend={be.spec!r})"
             )
         shape = targets._data.shape
+        # A copy: the loss's backward reads the classes, and the caller may refill the tensor in
+        # place (a reused batch buffer) before calling backward.
         if shape == (n, 1):
-            return targets._data
+            return be.copy(targets._data)
         if shape != (1, n):
             raise ShapeError(f"{name}: {wanted}, got {_fmt(shape)}")
         return be.transpose(targets._data)
@@ -356,10 +358,14 @@ def mse_loss(input: Tensor2D, target: Tensor2D, reduction: str = "mean") -> Tens
 
 
 class BCEWithLogits(Op):
-    """``L = max(x, 0) - x y + log(1 + exp(-|x|))``;  ``dx = G (sigmoid(x) - y)``,  ``dy = -G x``.
+    """``L = y softplus(-x) + (1 - y) softplus(x)``;  ``dx = G (sigmoid(x) - y)``,  ``dy = -G x``.
 
     A fused op on purpose: composed from relu, abs and log1p, the gradient at x = 0 comes out as
-    ``-y`` instead of ``0.5 - y`` (relu and abs both have slope 0 there).
+    ``-y`` instead of ``0.5 - y`` (relu and abs both have slope 0 there). ``softplus(z)`` is
+    ``max(z, 0) + log1p(exp(-|z|))``; a term whose weight (``y`` or ``1 - y``) is exactly 0 adds
+    nothing, so an infinite logit gives the limit (0 for a matching target, +inf otherwise)
+    rather than ``0 * inf`` or ``inf - inf`` (the usual ``max(x, 0) - x y + ...`` gives NaN at
+    x = +inf, y = 0; PyTorch's gives NaN at x = -inf, y = 1).
     """
 
     name = "binary_cross_entropy_with_logits"
@@ -370,8 +376,12 @@ class BCEWithLogits(Op):
         return "bce_with_logits"
 
     def forward(self, be: Backend, x: Data, y: Data) -> Data:
-        soft = be.unary("log1p", be.unary("exp", be.unary("neg", be.unary("abs", x))))
-        return be.add(be.sub(be.maximum(x, 0.0), be.mul(x, y)), soft)
+        tail = be.unary("log1p", be.unary("exp", be.unary("neg", be.unary("abs", x))))
+        below = be.add(be.maximum(be.unary("neg", x), 0.0), tail)  # softplus(-x) = -log sigmoid(x)
+        above = be.add(be.maximum(x, 0.0), tail)  # softplus(x) = -log(1 - sigmoid(x))
+        pos = be.where(be.compare("eq", y, 0.0), 0.0, be.mul(y, below))
+        neg = be.where(be.compare("eq", y, 1.0), 0.0, be.mul(be.sub(1.0, y), above))
+        return be.add(pos, neg)
 
     def backward(self, grad: Tensor2D, x: Tensor2D, y: Tensor2D) -> tuple[Tensor2D | None, ...]:
         need_x, need_y = self.needs_input_grad

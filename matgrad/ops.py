@@ -19,11 +19,11 @@ from typing import Any, Literal, Sequence, Union
 from matgrad import _checks
 from matgrad import backends as _backends
 from matgrad._checks import fmt as _fmt
-from matgrad._errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError
+from matgrad._errors import ArgumentError, ArgumentTypeError, ShapeError
 from matgrad.autograd.grad_mode import state as _state
 from matgrad.autograd.graph import Op
 from matgrad.backends.base import FLOAT_DTYPES, Backend, Data, Index
-from matgrad.tensor import Tensor2D, _wrap, check_size, dtype_name, get_default_dtype
+from matgrad.tensor import Tensor2D, _wrap, check_size, dtype_name, get_default_dtype, require_int64_range
 
 __all__ = [
     "abs",
@@ -226,7 +226,9 @@ class Pow(Op):
     """``C = A ** p`` for a constant ``p``;  ``dA = G * p * A ** (p - 1)`` (0 for ``p = 0``, ``G`` for ``p = 1``).
 
     ``p = 0`` and ``p = 1`` are special-cased: written as the general rule, ``0 * 0 ** -1`` is
-    ``0 * inf = nan`` at ``A = 0``, where the derivative of a constant is 0 (PyTorch: 0).
+    ``0 * inf = nan`` at ``A = 0``, where the derivative of a constant is 0 (PyTorch: 0), also
+    for an infinite ``G`` and under ``create_graph``. ``p = 0.5`` uses sqrt's rule ``G / (2 C)``:
+    NumPy computes ``A ** 0.5`` as ``sqrt(A)`` (NaN at -inf), and the rule must be NaN there too.
     """
 
     __slots__ = ("exponent",)
@@ -243,12 +245,14 @@ class Pow(Op):
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         p = self.exponent
-        if p == 0:
-            return (grad * 0.0 if _recording() else _wrap(a._backend.full(*a.shape, 0.0, a.dtype), a._backend),)
+        if p == 0:  # a constant zero, also under create_graph (grad * 0 would be NaN for an infinite G)
+            return (_wrap(a._backend.full(*a.shape, 0.0, a.dtype), a._backend),)
         if p == 1:
             return (grad,)
         if p == 2:
             return (grad * (a * 2.0),)
+        if p == 0.5:  # sqrt's rule, G / (2 sqrt(A)): NaN where the output is (A = -inf), as PyTorch
+            return (grad / (a**0.5 * 2.0),)
         return (grad * (p * a ** (p - 1)),)
 
 
@@ -307,7 +311,12 @@ class Abs(Op):
 
 
 class ReLU(Op):
-    """``C = max(A, 0)``;  ``dA = where(A > 0, G, 0)`` (0 at A = 0, as PyTorch)."""
+    """``C = max(A, 0)``;  ``dA = where(A > 0, G, 0)`` (0 at A = 0, as PyTorch).
+
+    Selected at multiply speed (``keep``). At a NaN input the gradient is 0, where PyTorch's
+    ``threshold_backward`` passes ``G`` on; the output (and so the loss) is NaN there already,
+    and passing it would cost a kernel per step.
+    """
 
     saves = (0,)
 
@@ -510,10 +519,13 @@ def matmul(a: Tensor2D, b: Tensor2D) -> Tensor2D:
 
 
 class Transpose(Op):
-    """``C = A.T``;  ``dA = G.T``."""
+    """``C = A.T``;  ``dA = G.T``.
+
+    Always a copy in its own storage (row-major storage cannot hold a transpose as a view; PyTorch's
+    ``.T`` is one), on both backends alike.
+    """
 
     float_only = False
-    views = True
 
     def forward(self, be: Backend, a: Data) -> Data:
         return be.transpose(a)
@@ -642,8 +654,8 @@ def to(a: Tensor2D, dtype: Any = None, backend: str | Backend | None = None, dev
         be = _backends.get(backend, device)
     if dt == a.dtype and be is a._backend:
         return a
-    if dt == "int64" and a.dtype != "int64" and not a._backend.all_finite(a._data):
-        raise DTypeError("to(int64): cannot convert NaN or Inf to int64")
+    if dt == "int64" and a.dtype != "int64":
+        require_int64_range(a._backend, a._data, "to(int64)")
     op = To(dt, be)
     if dt == "int64" or a.dtype == "int64":  # integers carry no gradient
         return _wrap(op.forward(a._backend, a._data), be)
@@ -868,7 +880,8 @@ class _Extreme(Op):
 
     ``dA = where(M, G / count(M), 0)`` where ``M`` marks the elements equal to the result: ties
     share the gradient equally (as ``torch.amax``), so the rule is symmetric and gradchecks
-    cleanly; the others get exactly 0, even from an infinite ``G`` (as ``torch.max``).
+    cleanly; the others get exactly 0, even from an infinite ``G`` (``torch.amax``: NaN). A line
+    holding a NaN (its result is NaN, nothing equals it) gets NaN throughout, as ``torch.amax``.
     """
 
     __slots__ = ("axis",)
@@ -884,11 +897,18 @@ class _Extreme(Op):
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         be = a._backend
-        hits = be.compare("eq", a._data, self.output._data)
+        out = self.output._data
+        hits = be.compare("eq", a._data, out)
         count = be.sum(hits, self.axis)
+        # A line whose result is NaN (it holds a NaN) has no hit: its gradient is NaN, as
+        # torch.amax's, not a silent 0 (then count is 0, and "else" gives G / 0 * 0 = NaN).
+        other: Any = 0.0 if be.all_finite(out) else be.where(be.compare("eq", count, 0.0), math.nan, 0.0)
         if not _recording():
-            return (_wrap(be.keep(be.div(grad._data, count), hits), be),)
-        return (Where()(_wrap(hits, be), grad / _wrap(count, be), 0.0),)
+            if isinstance(other, float):
+                return (_wrap(be.keep(be.div(grad._data, count), hits), be),)
+            return (_wrap(be.where(hits, be.div(grad._data, count), other), be),)
+        rest = other if isinstance(other, float) else _wrap(other, be)
+        return (Where()(_wrap(hits, be), grad / _wrap(count, be), rest),)
 
 
 class Max(_Extreme):
@@ -960,8 +980,12 @@ class LogSumExp(Op):
         self.axis = axis
 
     def forward(self, be: Backend, a: Data) -> Data:
-        _, top, log_total = _shifted(be, a, self.axis)
-        return be.add(log_total, top)
+        top = be.max(a, self.axis)
+        # An infinite maximum is not subtracted (as PyTorch): inf - inf would turn a line holding
+        # +inf into NaN, where its log-sum-exp is +inf (and a line of -inf gives -inf).
+        top = be.where(be.compare("eq", be.unary("abs", top), math.inf), 0.0, top)
+        total = be.sum(be.unary("exp", be.sub(a, top)), self.axis)
+        return be.add(be.unary("log", total), top)
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         # softmax(a), not exp(a - C): C is rounded, and at |a| ~ 1e4 in float32 that costs 4 digits

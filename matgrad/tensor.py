@@ -187,10 +187,18 @@ def _foreign_array(data: Any) -> Any:
     return data.tolist()
 
 
-def _require_finite(backend: Backend, data: Any) -> None:
-    """int64 has no NaN or Inf: refuse them before converting."""
+def require_int64_range(backend: Backend, data: Any, name: str = "Tensor2D") -> None:
+    """Floating values must fit int64 to convert: no NaN or Inf, nothing beyond -2**63 .. 2**63 - 1.
+
+    (NumPy's conversion of such values is undefined, usually -2**63; Python's int would keep
+    them exactly: refused, so that both backends agree.)
+    """
     if not backend.all_finite(data):
-        raise DTypeError("Tensor2D: cannot convert NaN or Inf to int64")
+        raise DTypeError(f"{name}: cannot convert NaN or Inf to int64")
+    hi, lo = backend.tolist(backend.max(data, None))[0][0], backend.tolist(backend.min(data, None))[0][0]
+    if hi >= 2.0**63 or lo < -(2.0**63):
+        bad = hi if hi >= 2.0**63 else lo
+        raise DTypeError(f"{name}: {bad:g} does not fit in int64 (-2**63 .. 2**63 - 1); keep it floating")
 
 
 def _convert(data: Any, backend: Backend, dtype: str) -> Any:
@@ -198,7 +206,7 @@ def _convert(data: Any, backend: Backend, dtype: str) -> Any:
     if isinstance(data, Tensor2D):
         src = data._backend
         if dtype == "int64" and data.dtype != "int64":
-            _require_finite(src, data._data)
+            require_int64_range(src, data._data)
         if src is backend:
             return backend.astype(data._data, dtype)
         return backend.from_backend(src, data._data, dtype)
@@ -216,14 +224,16 @@ def _convert(data: Any, backend: Backend, dtype: str) -> Any:
     if _is_array(data):
         _validate_array(data)
         if dtype == "int64" and data.dtype.kind == "f":
-            _require_finite(backend, backend.from_array(data, "float64"))
+            require_int64_range(backend, backend.from_array(data, "float64"))
         return backend.from_array(data, dtype)
     if isinstance(data, (list, tuple)):
         rows = _validate_rows(data)
         check_size("Tensor2D", len(rows), len(rows[0]))
         check_int_range("Tensor2D", chain.from_iterable(rows), dtype)
-        if dtype == "int64":
-            _require_finite(backend, backend.from_rows(rows, "float64"))
+        if dtype == "int64":  # Python ints were range-checked above; floats must be finite and fit
+            floats = [v for v in chain.from_iterable(rows) if type(v) is not int]
+            if floats:
+                require_int64_range(backend, backend.from_rows([floats], "float64"))
         return backend.from_rows(rows, dtype)
     raise ArgumentTypeError(
         f"Tensor2D: cannot make a matrix from {type(data).__name__}; pass a list of rows, "
@@ -547,11 +557,17 @@ class Tensor2D:
         site = user_site()
         self._mark_changed(f"{name}() at {site}" if site else f"{name}()")
 
+    def _scalar(self, v: Any) -> Any:
+        """A number as this tensor's kind: an int wrapped to int64 (two's complement), else a float."""
+        if self._data.dtype in self._backend.float_types:
+            return float(v)
+        return (int(v) - _INT64_MIN) % 2**64 + _INT64_MIN
+
     def copy_(self, src: Tensor2D | Scalar) -> Tensor2D:
         """Overwrite the values with ``src`` (same shape, or broadcast); returns ``self``."""
         self._check_inplace("copy_")
         _checks.inplace_operand("copy_", self, src)
-        self._backend.assign(self._data, src._data if isinstance(src, Tensor2D) else float(src))
+        self._backend.assign(self._data, src._data if isinstance(src, Tensor2D) else self._scalar(src))
         self._changed_by("copy_")
         return self
 
@@ -576,7 +592,9 @@ class Tensor2D:
         _checks.inplace_operand("add_", self, other, alpha)
         be = self._backend
         if isinstance(other, Tensor2D):
-            be.axpy(self._data, other._data, float(alpha))
+            be.axpy(self._data, other._data, self._scalar(alpha))
+        elif self.dtype == "int64":  # exact integers, wrapping as int64 does
+            be.assign(self._data, be.add(self._data, self._scalar(int(alpha) * int(other))))
         else:
             be.assign(self._data, be.add(self._data, float(alpha) * float(other)))
         self._changed_by("add_")
@@ -587,7 +605,8 @@ class Tensor2D:
         self._check_inplace("mul_")
         _checks.inplace_operand("mul_", self, factor)
         be = self._backend
-        be.assign(self._data, be.mul(self._data, factor._data if isinstance(factor, Tensor2D) else float(factor)))
+        operand = factor._data if isinstance(factor, Tensor2D) else self._scalar(factor)
+        be.assign(self._data, be.mul(self._data, operand))
         self._changed_by("mul_")
         return self
 

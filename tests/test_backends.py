@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from array import array
+from typing import Any
 
 import numpy as np
 import pytest
@@ -187,6 +188,70 @@ def test_dot_products_subnormal_norms() -> None:
     tiny = 5e-324
     got = dot_products([[tiny, tiny]], [[1.0, 1.0]])
     assert got == [2 * tiny]
+
+
+def test_dot_products_exact_zero_where_the_identity_left_a_residue() -> None:
+    """Regression (issue 11): [[1, 1]] . [[1, -1]] came out 1.1e-16, not 0, so relu and == downstream
+    decided differently on the two backends."""
+    got = dot_products([[1.0, 1.0], [0.5, 0.25]], [[1.0, -1.0], [0.5, -1.0]])
+    assert got[0] == 0.0 and got[3] == 0.0  # exact zeros, before any rounding
+    assert array("f", got).tolist() == [0.0, -0.5, 0.25, 0.0]  # the rest exact once rounded to float32
+
+
+@st.composite
+def exact_products(draw: st.DrawFn) -> tuple[list[list[float]], list[list[float]], list[list[float]]]:
+    """``(a, b, bias)`` whose product and ``linear`` are exactly representable in float32.
+
+    Entries are multiples of 1/16 up to 4 (a few significant bits) times a power of two per row of
+    ``a`` and per column of ``b`` (norm ratios up to 2^40, so both of the kernel's identities are
+    used), and some columns of ``b`` are orthogonal to some rows of ``a`` (exact zero products):
+    every product and partial sum is exact, in NumPy's float32 BLAS as in exact arithmetic (with
+    the bias too when the rows' scales are close).
+    """
+    m, k, n = draw(st.integers(1, 5)), draw(st.integers(1, 6)), draw(st.integers(1, 5))
+    small = st.integers(-64, 64).map(lambda v: v / 16)
+    rows = [draw(st.integers(-20, 20)) for _ in range(m)]
+    cols = [draw(st.integers(-20, 20)) for _ in range(n)]
+    a = [[draw(small) * 2.0 ** rows[i] for _ in range(k)] for i in range(m)]
+    b = [[draw(small) * 2.0 ** cols[j] for j in range(n)] for _ in range(k)]
+    if k >= 2:  # make column j orthogonal to row i: (x, y, 0...) . (y, -x, 0...) = 0
+        for i, j in draw(st.lists(st.tuples(st.integers(0, m - 1), st.integers(0, n - 1)), max_size=2)):
+            x, y = a[i][0] / 2.0 ** rows[i], a[i][1] / 2.0 ** rows[i]
+            for p in range(k):
+                b[p][j] = (y if p == 0 else -x if p == 1 else 0.0) * 2.0 ** cols[j]
+    bias = [[draw(small) * 2.0 ** (min(rows) + cols[j]) for j in range(n)]]
+    return a, b, bias
+
+
+def _exact(a: list[list[float]], b: list[list[float]], bias: list[list[float]] | None = None) -> list[list[float]]:
+    def entry(i: int, j: int) -> float:
+        return math.fsum([*(a[i][p] * b[p][j] for p in range(len(b))), bias[0][j] if bias else 0.0])
+
+    return [[entry(i, j) for j in range(len(b[0]))] for i in range(len(a))]
+
+
+def _float32_exact(rows: list[list[float]]) -> bool:
+    flat = [v for r in rows for v in r]
+    return array("f", flat).tolist() == flat
+
+
+@settings(max_examples=60)
+@given(exact_products(), st.sampled_from(["float32", "float64"]))
+def test_backends_agree_exactly_where_the_product_is_exact(case: tuple[Any, Any, Any], dtype: str) -> None:
+    """The docs promise equal float32 values: where the exact result is representable (zeros,
+    integer-valued inputs) both backends give it, in matmul, linear and the transposed products."""
+    a_rows, b_rows, bias_rows = case
+    want = _exact(a_rows, b_rows)
+    want_linear = _exact(a_rows, b_rows, bias_rows)
+    for backend in ("python", "numpy"):
+        a = mg.Tensor2D(a_rows, dtype=dtype, backend=backend)
+        b = mg.Tensor2D(b_rows, dtype=dtype, backend=backend)
+        bias = mg.Tensor2D(bias_rows, dtype=dtype, backend=backend)
+        assert (a @ b).tolist() == want, backend
+        if _float32_exact(want_linear):  # rows of very different scales can need more bits with a bias
+            assert mg.functional.linear(a, b.T, bias).tolist() == want_linear, backend
+        assert mg.ops.gemm(a.T, b.T, True, True).tolist() == want, backend
+        assert ((a @ b) == 0.0).tolist() == [[float(v == 0.0) for v in row] for row in want], backend
 
 
 # -- IEEE semantics on the python backend where Python itself would raise -----------------------

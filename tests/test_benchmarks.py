@@ -243,3 +243,15 @@ def test_data_path_is_an_option_not_hard_coded():
         text = (BENCH / script).read_text()
         assert "shared/data" not in text.replace("../shared/data/mnist", ""), script
     assert os.path.isdir(SAMPLE)
+
+
+def test_distributed_scaling_smoke(tmp_path):
+    """Two processes over 127.0.0.1 against one, a tiny epoch: the tables and the JSON are there."""
+    pytest.importorskip("torch")
+    out = tmp_path / "scaling.json"
+    args = ["--limit", "640", "--batches", "64", "--repeats", "1", "--collective-iters", "3", "--sweep-steps", "2"]
+    text = run("distributed_scaling.py", *args, "--json", str(out)).stdout
+    assert has_table(text) and "all-reduce per step" in text and "least-squares line" in text
+    figures = json.loads(out.read_text())["figures"]
+    assert figures["batch 64"]["test_acc"][0] == figures["batch 64"]["test_acc"][1]  # same steps, same model
+    assert set(figures["bare_allreduce_s"]) == {"1 float", "101,770 floats"}

@@ -320,3 +320,35 @@ def test_other_threads_are_not_recorded_while_capturing() -> None:
         thread.join()
     assert seen and set(seen) == {3.0}
     assert step.stats["replayed"] == 4
+
+
+def test_an_in_place_change_without_a_kernel_runs_eagerly(backend: str) -> None:
+    """``set_`` swaps storage without a kernel: a replay could not redo it, so the step stays eager."""
+    w = mg.Tensor2D([[1.0, 2.0]], backend=backend)
+    fresh = [mg.Tensor2D([[float(k), 1.0]], backend=backend) for k in range(5)]
+    calls = []
+
+    def swap_and_scale(x: mg.Tensor2D) -> mg.Tensor2D:
+        with mg.no_grad():
+            w.set_(fresh[len(calls)])
+        calls.append(1)
+        return x * w
+
+    step = mg.compile(swap_and_scale)
+    x = mg.Tensor2D([[3.0, 3.0]], backend=backend)
+    assert [step(x).tolist() for _ in range(5)] == [[[3.0 * k, 3.0]] for k in range(5)]
+    assert step.stats["replayed"] == 0 and "without a kernel" in step.why_eager
+
+
+def test_in_place_methods_are_replayed(backend: str) -> None:
+    acc = mg.Tensor2D([[0.0, 0.0]], backend=backend)
+
+    def accumulate(x: mg.Tensor2D) -> mg.Tensor2D:
+        with mg.no_grad():
+            acc.add_(x * 2.0)
+        return acc.clone()
+
+    step = mg.compile(accumulate)
+    outs = [step(mg.Tensor2D([[1.0, float(k)]], backend=backend)).tolist() for k in range(5)]
+    assert outs[-1] == [[10.0, 20.0]] and acc.tolist() == [[10.0, 20.0]]
+    assert step.stats["replayed"] == 3 and acc._version == 5

@@ -110,9 +110,12 @@ def test_a_users_function_is_drawn_under_its_class_name_with_its_rule() -> None:
     page = viz.explore(Cube.apply(x).sum())
     ops = [n for n in page.payload["nodes"] if n["kind"] == "op"]
     cube = next(n for n in ops if n["title"] == "Cube")
-    plain = re.sub(r"<sub>.*?</sub>|<[^>]+>", "", cube["rule"][1])
-    assert plain == "dA = 3 G A ** 2"  # the backward docstring's rule
-    assert "dA<sub>2\u00d72</sub>" in cube["rule"][1]  # with the shapes of this graph
+    rule = cube["rule"][1]
+    assert re.sub(r"<[^>]+>", "", rule) == "dA = 3 G A ** 2"  # the backward docstring's rule...
+    m = re.search(r'<div class="eq bwd maths"><span class="m" data-m="(\d+)">', rule)
+    assert m is not None  # ... as maths: the page puts the MathML of its number in place
+    assert r"\bar A = 3 G \odot A^{2}</annotation>" in page.payload["maths"][int(m.group(1))]
+    assert re.sub(r"<[^>]+>", "", cube["rule"][-1]) == "A 2\u00d72C 2\u00d72"  # with the shapes of this graph
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +181,9 @@ def test_reuse_is_shown_as_accumulation() -> None:
     page = viz.explore((a + a).sum())
     last = page.payload["steps"][-1]
     assert page.payload["nodes"][last["node"]]["title"] == "a"
-    assert "a.grad (2\u00d72) = dA from <b>add</b> + dB from <b>add</b>" in last["html"]
+    # dA and dB are maths (placeholders that the page fills with MathML, holding the plain name)
+    text = re.sub(r'<span class="m" data-m="\d+">(.*?)</span>', r"\1", last["html"])
+    assert "a.grad (2\u00d72) = dA from <b>add</b> + dB from <b>add</b>" in text
     assert "2 contributions accumulated" in last["html"]
     add_step = next(s for s in page.payload["steps"] if s["phase"] == "backward" and "dB" in s["html"])
     assert "first of 2 contributions" in add_step["html"] and "accumulated: added to the 1 earlier" in add_step["html"]
@@ -379,11 +384,16 @@ return seen;
 """
 
 
+def own_requests(browser: Browser) -> list[str]:
+    """What the page asked for, less the math font inside it (a data: URL, loaded once maths shows)."""
+    return [u for u in browser.requests() if not u.startswith("data:font/woff;base64,")]
+
+
 def open_page(browser: Browser, path: Path) -> None:
     browser.open(path)
     assert browser.console_errors() == []
     assert browser.external() == []
-    assert browser.requests() == [path.resolve().as_uri()]
+    assert own_requests(browser) == [path.resolve().as_uri()]
 
 
 def test_the_page_loads_offline_and_draws_every_node(tmp_path: Path, browser: Browser) -> None:
@@ -433,6 +443,58 @@ def test_walking_the_steps_marks_each_node_once_per_pass(tmp_path: Path, browser
     )
     assert rule.startswith("backward") and ".grad" in rule
     assert browser.console_errors() == []
+
+
+_RULES_WALK = """
+const r = document.getElementById('step');
+const out = [];
+for (let k = Number(arguments[0]); k <= Number(r.max); k++) {
+  r.value = String(k);
+  r.dispatchEvent(new Event('input'));
+  const rule = document.getElementById('rule');
+  const maths = [...rule.querySelectorAll('.eq.maths math')];
+  out.push({
+    eqs: rule.querySelectorAll('.eq').length,
+    maths: maths.length,
+    code: rule.querySelectorAll('.eq.code').length,
+    waiting: rule.querySelectorAll('.m:not(.drawn)').length,
+    empty: maths.filter(m => { const b = m.getBoundingClientRect(); return !(b.width > 0 && b.height > 0); }).length,
+  });
+}
+return out;
+"""
+_FONT = """
+const m = document.querySelector(arguments[0] + ' math');
+return {
+  font: m ? getComputedStyle(m).fontFamily : '',
+  faces: [...document.fonts].filter(f => f.family.replace(/"/g, '') === arguments[1]).map(f => f.status),
+  check: document.fonts.check('16px "' + arguments[1] + '"'),
+};
+"""
+
+
+def test_the_rules_are_maths_drawn_in_the_pages_own_font(tmp_path: Path, browser: Browser) -> None:
+    model, loss = mnist_mlp(batch=8)
+    page = viz.explore(loss, tmp_path / "mlp.html", params=model)
+    open_page(browser, tmp_path / "mlp.html")
+    walk = browser.run_js(_RULES_WALK, page.payload["forward_steps"])  # the backward pass
+    ops = [s for s in walk if s["eqs"]]
+    assert len(ops) == sum(1 for n in page.payload["nodes"] if n["kind"] == "op")
+    for step in ops:  # every rule of every op is MathML, drawn, none left as a placeholder or code
+        assert step["maths"] >= step["eqs"] and step["code"] == step["waiting"] == step["empty"] == 0, step
+    browser.driver.execute_async_script("document.fonts.ready.then(() => arguments[arguments.length - 1]())")
+    font = browser.run_js(_FONT, "#rule", explorer.MATH_FONT)
+    assert explorer.MATH_FONT in font["font"] and font["faces"] == ["loaded"] and font["check"], font
+    # the inspector of an op shows its rules the same way
+    node = next(n["id"] for n in page.payload["nodes"] if n["title"] == "linear")
+    browser.click(f'[data-node="{node}"]')
+    assert browser.run_js("return document.querySelectorAll('#inspector .eq.maths math').length") == 4
+    assert browser.run_js("return document.querySelectorAll('#inspector .m:not(.drawn)').length") == 0
+    # the font came from inside the page: nothing else was asked for, nothing broke
+    assert browser.console_errors() == [] and browser.external() == []
+    assert own_requests(browser) == [(tmp_path / "mlp.html").resolve().as_uri()]
+    fonts = [u for u in browser.requests() if u not in own_requests(browser)]
+    assert len(fonts) == 1 and len(fonts[0]) > 100_000  # the embedded font, once
 
 
 def test_a_plus_a_accumulates_in_the_page(tmp_path: Path, browser: Browser) -> None:
@@ -503,7 +565,7 @@ def test_the_live_page_updates_while_training_runs(browser: Browser) -> None:
         assert grown > first + 2, "the loss curve did not grow"
         assert browser.run_js("return document.getElementById('live-status').textContent").startswith("live")
         assert browser.console_errors() == []
-        requested = {u.split("?")[0] for u in browser.requests()}
+        requested = {u.split("?")[0] for u in own_requests(browser)}
         assert requested == {m.group(1), m.group(1) + "state.json"}  # its own origin only
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         _, err = proc.communicate(timeout=30)

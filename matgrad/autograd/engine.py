@@ -13,6 +13,7 @@ input was a broadcast ``(1, n)``, ``(m, 1)`` or ``(1, 1)`` operand, the engine s
 from __future__ import annotations
 
 import operator
+import threading
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from matgrad._errors import AnomalyError, ArgumentTypeError, GraphError
@@ -23,6 +24,13 @@ if TYPE_CHECKING:
     from matgrad.autograd.graph import Op
 
 __all__ = ["backward", "grad"]
+
+# One backward pass at a time in the process. The walk keeps its scratch on the graph's ops (the
+# pending gradient, a visit mark) and stores into shared leaves' .grad: two threads walking one
+# graph, or accumulating into one parameter, must not interleave (PyTorch locks per node; one
+# lock per pass is enough here, and costs one uncontended acquire per backward call). Forward
+# passes never take it. Re-entrant: a Function's backward may call grad() itself.
+_lock = threading.RLock()
 
 
 def _shapes(tensors: Sequence[Tensor2D]) -> str:
@@ -275,26 +283,27 @@ def backward(
         )
     seed = _seed_grad(tensor, grad, "backward")
     keep = create_graph if retain_graph is None else retain_graph
-    order = _topological_order([tensor])
-    _check_runnable(order)
-    found = _propagate(order, [tensor], [seed], create_graph, None)
-    # All or nothing: .grad is written only once every rule has run.
-    taken = {seed._backend.storage(seed._data)} if grad is not None else set()
-    for node, g in found:
-        if not create_graph and g.requires_grad:
-            g = g.detach()
-        if node.grad is not None:
-            if create_graph:
-                with _GradOn():
+    with _lock:
+        order = _topological_order([tensor])
+        _check_runnable(order)
+        found = _propagate(order, [tensor], [seed], create_graph, None)
+        # All or nothing: .grad is written only once every rule has run.
+        taken = {seed._backend.storage(seed._data)} if grad is not None else set()
+        for node, g in found:
+            if not create_graph and g.requires_grad:
+                g = g.detach()
+            if node.grad is not None:
+                if create_graph:
+                    with _GradOn():
+                        g = node.grad + g
+                else:
                     g = node.grad + g
+                taken.add(g._backend.storage(g._data))
             else:
-                g = node.grad + g
-            taken.add(g._backend.storage(g._data))
-        else:
-            g = _own(g, taken, create_graph)
-        node.grad = g
-    if not keep:
-        _release(order)
+                g = _own(g, taken, create_graph)
+            node.grad = g
+        if not keep:
+            _release(order)
 
 
 def _as_sequence(x: Any, what: str, allow_none: bool = False) -> list[Any]:
@@ -341,19 +350,20 @@ def grad(
         roots.append(o)
         seeds.append(_seed_grad(o, s, "grad"))
     keep = create_graph if retain_graph is None else retain_graph
-    order = _topological_order(roots)
-    reached = {id(t) for t in order}
-    if not allow_unused:  # checked before anything runs, so nothing is released by a failed call
-        for i, t in enumerate(ins):
-            if id(t) not in reached:
-                raise GraphError(
-                    f"grad: input #{i} ({t.nrows}x{t.ncols}) was not used to compute the outputs; "
-                    "pass allow_unused=True to get None for it"
-                )
-    _check_runnable(order)
-    found = dict((id(t), g) for t, g in _propagate(order, roots, seeds, create_graph, {id(t) for t in ins}))
-    if not keep:
-        _release(order)
+    with _lock:
+        order = _topological_order(roots)
+        reached = {id(t) for t in order}
+        if not allow_unused:  # checked before anything runs, so nothing is released by a failed call
+            for i, t in enumerate(ins):
+                if id(t) not in reached:
+                    raise GraphError(
+                        f"grad: input #{i} ({t.nrows}x{t.ncols}) was not used to compute the outputs; "
+                        "pass allow_unused=True to get None for it"
+                    )
+        _check_runnable(order)
+        found = dict((id(t), g) for t, g in _propagate(order, roots, seeds, create_graph, {id(t) for t in ins}))
+        if not keep:
+            _release(order)
     # The user's own grad_outputs may pass through (PyTorch documents it); nothing else is shared.
     passed = {s._backend.storage(s._data) for s, given in zip(seeds, seeds_in) if given is not None}
     taken: set[int] = set()

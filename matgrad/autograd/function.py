@@ -132,7 +132,26 @@ class FunctionOp(Op):
         if self.ctx.materialize_grads:
             outs = [g if g is not None else _zeros_like_output(self, k) for k, g in enumerate(outs)]
         result = fn.backward(self.ctx, *outs)  # type: ignore[arg-type]
-        return self._check_grads(result)
+        return self._unshared(self._check_grads(result))
+
+    def _unshared(self, grads: tuple[Tensor2D | None, ...]) -> tuple[Tensor2D | None, ...]:
+        """The gradients, copied where one is a tensor the user holds (an input, a saved tensor,
+        a ``ctx`` attribute, an output): the engine hands gradients out as ``.grad``, and a user's
+        later in-place change of one must not reach the other (as PyTorch clones a gradient
+        someone else holds)."""
+        held: set[int] = set()
+        candidates: list[Any] = [*self.args, *self.ctx._saved, *vars(self.ctx).values()]
+        candidates += [ref() for ref in self.output_refs]
+        for t in candidates:
+            for u in t if isinstance(t, (tuple, list)) else (t,):
+                if isinstance(u, Tensor2D):
+                    held.add(u._backend.storage(u._data))
+        out: list[Tensor2D | None] = []
+        for g in grads:
+            if g is not None and g._backend.storage(g._data) in held:
+                g = g.clone() if state.grad_enabled else _wrap(g._backend.copy(g._data), g._backend)
+            out.append(g)
+        return tuple(out)
 
     def _check_grads(self, result: Any) -> tuple[Tensor2D | None, ...]:
         name, site = self.fn.__name__, self.definition_site()
@@ -214,9 +233,9 @@ _op_classes: dict[type, type[FunctionOp]] = {}
 
 def _op_class(fn: type[Function]) -> type[FunctionOp]:
     cls = _op_classes.get(fn)
-    if cls is None:
-        cls = type(fn.__name__, (FunctionOp,), {"name": fn.__name__, "__module__": fn.__module__, "fn_class": fn})
-        _op_classes[fn] = cls
+    if cls is None:  # setdefault: two threads making it at once keep one class
+        made = type(fn.__name__, (FunctionOp,), {"name": fn.__name__, "__module__": fn.__module__, "fn_class": fn})
+        cls = _op_classes.setdefault(fn, made)
     return cls
 
 

@@ -15,6 +15,7 @@ changed in place since (see ``Tensor2D._version``).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
 import weakref
@@ -45,7 +46,7 @@ class RemovableHandle:
         self._hook = hook
 
     def remove(self) -> None:
-        if self._hook in self._hooks:
+        with contextlib.suppress(ValueError):  # not "if in: remove": another thread may remove it in between
             self._hooks.remove(self._hook)
 
     def __enter__(self) -> RemovableHandle:

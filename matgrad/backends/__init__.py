@@ -37,9 +37,11 @@ ARRAY_API_NAMES = ("torch", "cupy", "array_api_strict")
 
 _instances: dict[str, Backend] = {}  # one per (library, device), keyed by its spec "name:device"
 _lookup: dict[tuple[str, str | None], Backend] = {}  # what get() was asked for -> the backend
-_lock = threading.Lock()
 _default: Backend | None = None
 _seed = 0
+# Backends are per-process singletons: two threads asking for a new one at once must get the
+# same object (tensors compare backends by identity). Held only while creating one.
+_lock = threading.RLock()
 
 
 def _installed(module: str) -> bool:
@@ -187,17 +189,20 @@ def _get_slow(name: str, device: str | None) -> Backend:
 
 def _resolve_default() -> Backend:
     global _default
-    env = os.environ.get("MATGRAD_BACKEND", "").strip()
-    if env:
-        if _split(env)[0] not in NAMES:
-            raise BackendError(
-                f"MATGRAD_BACKEND={env!r} is not a backend; set it to one of {', '.join(map(repr, NAMES))} "
-                "(with a device after a colon where the library has devices, e.g. 'torch:cuda')"
-            )
-        _default = get(env)
-    else:
-        _default = get("numpy" if _numpy_installed() else "python")
-    return _default
+    with _lock:
+        if _default is not None:
+            return _default
+        env = os.environ.get("MATGRAD_BACKEND", "").strip()
+        if env:
+            if _split(env)[0] not in NAMES:
+                raise BackendError(
+                    f"MATGRAD_BACKEND={env!r} is not a backend; set it to one of {', '.join(map(repr, NAMES))} "
+                    "(with a device after a colon where the library has devices, e.g. 'torch:cuda')"
+                )
+            _default = get(env)
+        else:
+            _default = get("numpy" if _numpy_installed() else "python")
+        return _default
 
 
 def set_backend(name: str | Backend, device: str | None = None) -> None:
@@ -229,6 +234,7 @@ def manual_seed(seed: int) -> None:
         raise ArgumentTypeError(f"manual_seed: seed must be an int, got {type(seed).__name__}")
     if not 0 <= seed < 2**64:
         raise ArgumentError(f"manual_seed: seed must be in 0 .. 2**64 - 1, got {seed}")
-    _seed = seed
-    for backend in _instances.values():
-        backend.seed(seed)
+    with _lock:
+        _seed = seed
+        for backend in list(_instances.values()):
+            backend.seed(seed)

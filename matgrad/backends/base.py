@@ -10,6 +10,9 @@ Conventions shared by every kernel:
   Python float) against an ``(m, n)`` one, in either order; the caller has validated shapes;
 * the result has the operands' dtype (the caller has checked they agree), except comparisons,
   which return 0/1 in ``out_dtype``, and ``argmax`` / ``argmin``, which return ``int64``;
+* int64 arithmetic (``add``, ``sub``, ``mul``, ``neg``, ``abs``, ``sum``, ``axpy``, the adjoints)
+  wraps around modulo 2**64, two's complement, as NumPy's and PyTorch's: ``2**63 - 1 + 1`` is
+  ``-2**63``; an int64 ``alpha`` or operand is an integer;
 * reductions keep two dimensions: axis ``None`` gives ``(1, 1)``, ``0`` gives ``(1, n)``,
   ``1`` gives ``(m, 1)``;
 * an index is either a ``slice`` or a list of non-negative, in-range ints (validated upstream).
@@ -238,7 +241,8 @@ class Backend(ABC):
     def softmax_xent_grad(self, probs: Data, targets: Data, scale: Operand) -> Data:
         """``(probs - onehot(targets)) * scale``: the gradient of the losses w.r.t. the logits.
 
-        ``scale`` is a number or an (n, 1) column.
+        ``scale`` is a number or an (n, 1) column. Subtract first, then scale: written
+        ``probs * scale - scale`` an infinite scale gives inf - inf = NaN at the target.
         """
 
     # -- reductions ---------------------------------------------------------------------------

@@ -3,7 +3,8 @@ and ``explore`` (an interactive page that steps through the forward and backward
 
 The drawing functions live in ``matgrad.viz.graph``, the explorer in ``matgrad.viz.explorer``; both
 are loaded on first use (the graphviz package takes ~25 ms to import); ``matgrad.viz.scope``
-records which modules every op ran in.
+records which modules every op ran in; ``matgrad.viz.rules`` writes an op's docstring rule as LaTeX
+for the explorer.
 """
 
 from __future__ import annotations

@@ -29,6 +29,15 @@
     return a >= 1e4 || a < 1e-3 ? v.toExponential(3) : String(Number(v.toPrecision(4)));
   }
   function shape(s) { return s[0] + "\u00d7" + s[1]; }
+  // Rules are MathML rendered in Python by the docs' renderer; each is in D.maths once, and a
+  // step holds placeholders (<span class="m" data-m="k">dA = G @ B.T</span>) put in place here.
+  const maths = D.maths || [];
+  function drawMaths(root) {
+    for (const e of root.querySelectorAll(".m[data-m]")) {
+      const m = maths[Number(e.dataset.m)];
+      if (m !== undefined) { e.innerHTML = m; e.classList.add("drawn"); }
+    }
+  }
 
   // -- the graph ---------------------------------------------------------------------------
   function buildGraph() {
@@ -242,8 +251,9 @@
     h += `<tr><td>shape</td><td colspan="3">${shape(n.shape)} ${esc(n.dtype)}${n.rg ? ", requires grad" : ""}</td></tr>`;
     h += statsRow("value", v) + statsRow("gradient", g) + "</table>";
     if (from) h += `<div class="small">${esc(from)}</div>`;
-    if (n.rule) h += `<div class="rules">${n.rule.map((r, k) => `<div class="eq ${k ? "bwd" : "fwd"}">${r}</div>`).join("")}</div>`;
+    if (n.rule) h += `<div class="rules">${n.rule.join("")}</div>`;
     box.innerHTML = h;
+    drawMaths(box);
     if (v) heatBox(box, "value", v, i, "value");
     if (g) heatBox(box, "gradient", g, i, "grad");
     else {
@@ -283,6 +293,7 @@
     $("step-label").textContent = `${st.head}: ${n.title}`;
     let h = `<div class="head">${esc(st.head)}: ${esc(n.title)}${n.where ? ` <span class="small">in ${esc(n.where)}</span>` : ""}</div>` + st.html;
     $("rule").innerHTML = h;
+    drawMaths($("rule"));
     if ($("step").value !== String(current)) $("step").value = String(current);
   }
   function installStepper() {

@@ -9,6 +9,12 @@ min / mean / max and its value and gradient as heatmaps; a slider steps through 
 in creation order, then the backward pass in the engine's order, showing each op's chain rule
 with the shapes of that step and how a reused tensor accumulates its gradient.
 
+The rules are maths: each op's docstring rule (``dA = G @ B.T``) is written as LaTeX by
+``matgrad.viz.rules`` and drawn as MathML by ``matgrad._mathml.latex_to_mathml``, the renderer
+of the documentation, with a cut-down Latin Modern Math inside the page (matgrad/viz/fonts/). A
+rule that does not read (a user's free text), or a page made without latex2mathml, shows the
+rule as code instead.
+
 Gradients are computed here, at save time, by running each op's rule in the engine's order
 (``engine._topological_order``) under ``no_grad``: the engine is not changed, ``.grad`` is not
 touched, and the per-edge contributions the page shows are exactly what the engine adds up. A
@@ -16,7 +22,7 @@ graph already released by ``backward()`` shows the leaves' ``.grad`` instead, wi
 steps (pass ``retain_graph=True`` to ``backward`` to keep them).
 
 Matrices travel quantised to 8 bits (base64), larger ones block-averaged, so the page of a
-784-128-10 MLP at batch 64 weighs about half a megabyte. The layout is computed here, in Python
+784-128-10 MLP at batch 64 weighs about 0.64 MB (0.2 MB of it the font). The layout is computed here, in Python
 (layers by longest path, ordered by barycentres), so no Graphviz program is needed.
 
 ``TrainingRecord`` keeps snapshots of a training run (weights, gradients, loss and accuracy
@@ -26,6 +32,8 @@ curves) for ``matgrad train --explore`` and ``--live``.
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import html
 import inspect
 import json
@@ -39,6 +47,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from matgrad._errors import ArgumentError, ArgumentTypeError, GraphError
+from matgrad._mathml import latex_to_mathml
 from matgrad.autograd import engine as _engine
 from matgrad.autograd.function import Function, FunctionOp
 from matgrad.autograd.grad_mode import no_grad
@@ -55,6 +64,7 @@ from matgrad.viz.graph import (
     _plan,
     _write_atomic,
 )
+from matgrad.viz.rules import RuleSyntaxError, rule_to_latex, symbol_to_latex
 
 __all__ = [
     "Explorer",
@@ -198,6 +208,18 @@ _SPLIT_RULES = re.compile(r",\s+(?=d[A-Za-z]\w*\s*=)")
 _rule_cache: dict[Any, tuple[str, list[str]]] = {}
 
 
+def _split_rules(text: str) -> list[str]:
+    """``dA = ...,  dB = ...`` -> one rule each; a comma inside brackets does not split
+    (``dA = G * sigmoid(beta A) (C = A, dA = G above the threshold)`` is one rule)."""
+    parts, start = [], 0
+    for m in _SPLIT_RULES.finditer(text):
+        before = text[start : m.start()]
+        if before.count("(") == before.count(")") and before.count("[") == before.count("]"):
+            parts.append(before)
+            start = m.end()
+    return [*parts, text[start:]]
+
+
 def parse_rule(doc: str | None) -> tuple[str, list[str]]:
     """``(forward, [backward rules])`` from a docstring such as ``C = A @ B;  dA = G @ B.T,  dB = A.T @ G``.
 
@@ -215,7 +237,7 @@ def parse_rule(doc: str | None) -> tuple[str, list[str]]:
         if m is None:
             return first.rstrip("."), []
         forward, backward = m.group(1).split(".")[-1].replace("Plain ", ""), m.group(2)
-    rules = [r.strip().rstrip(".").strip() for r in _SPLIT_RULES.split(backward.strip())]
+    rules = [r.strip().rstrip(".").strip() for r in _split_rules(backward.strip())]
     return forward.strip().rstrip(".").strip(), [r for r in rules if r]
 
 
@@ -294,6 +316,111 @@ def _with_shapes(rule: str, symbols: dict[str, tuple[int, int]]) -> str:
     return pattern.sub(
         lambda m: f'<span class="sym">{m.group(1)}<sub>{_shape_text(symbols[m.group(1)])}</sub></span>', text
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# chain rules as maths (matgrad/viz/rules.py), drawn by the documentation's renderer
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=2048)
+def _mathml(tex: str) -> str | None:
+    """``tex`` as MathML (``latex_to_mathml``, as the docs use), or ``None`` where it cannot be drawn."""
+    try:
+        return latex_to_mathml(tex)
+    except (ValueError, ImportError):  # latex2mathml missing, or a formula it cannot draw: show code
+        return None
+
+
+class _Maths:
+    """The page's formulas, each rendered once; steps refer to them by number (``data-m``) and
+    the page puts them in place, so a rule shown at a thousand steps is in the page once."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def span(self, tex: str, text: str) -> str | None:
+        """A placeholder for ``tex`` holding ``text`` (what it says, as plain text), or ``None``."""
+        k = self._index.get(tex)
+        if k is None:
+            mathml = _mathml(tex)
+            if mathml is None:
+                return None
+            k = self._index[tex] = len(self.items)
+            self.items.append(mathml)
+        return f'<span class="m" data-m="{k}">{html.escape(text, quote=False)}</span>'
+
+    def symbol(self, name: str) -> str:
+        """A name of the rules (``dA``, ``G``, ``A1``) as maths; as text where it is not one."""
+        try:
+            found = self.span(symbol_to_latex(name), name)
+        except RuleSyntaxError:
+            found = None
+        return found or html.escape(name, quote=False)
+
+
+def _rule_names(forward: str, backward: list[str], symbols: dict[str, tuple[int, int]]) -> set[str]:
+    """The names an op's notes may mention: those of its rules and of its shapes, and ``G``."""
+    names = {"G", *symbols}
+    for rule in (forward, *backward):
+        with contextlib.suppress(RuleSyntaxError):
+            names.update(rule_to_latex(rule).symbols)
+    return names
+
+
+_NOTE_NAME = re.compile(r"(?<![\w'.\[-])(d?[A-Za-z][A-Za-z0-9_]*)(?![\w-])")
+_NOTE_SYMBOL = re.compile(r"d?[A-Z](?:\d+|[a-z])?")  # A, A1, Ai, dA: symbols even in prose
+
+
+def _note_html(note: str, names: set[str], maths: _Maths) -> str:
+    """The prose after a formula, its symbols as maths (``read as A's shape``)."""
+
+    def name(m: re.Match[str]) -> str:
+        word = m.group(1)
+        if (word in names and word != "a") or (_NOTE_SYMBOL.fullmatch(word) and word != "I"):
+            return maths.symbol(word)
+        return word
+
+    return _NOTE_NAME.sub(name, html.escape(note, quote=False))
+
+
+def _eq(side: str, rule: str, symbols: dict[str, tuple[int, int]], names: set[str], maths: _Maths) -> str:
+    """One rule as maths (``<div class="eq fwd maths">``), or, where it cannot be read, as code
+    with each symbol's shape (``<div class="eq fwd code">``): a user's free text never breaks the page."""
+    try:
+        found = rule_to_latex(rule)
+    except RuleSyntaxError:
+        found = None
+    span = maths.span(found.tex, found.source) if found is not None else None
+    if found is None or span is None:
+        return f'<div class="eq {side} code">{_with_shapes(rule, symbols)}</div>'
+    note = f' <span class="rnote">{_note_html(found.note, names, maths)}</span>' if found.note else ""
+    return f'<div class="eq {side} maths">{span}{note}</div>'
+
+
+def _shapes_html(forward: str, symbols: dict[str, tuple[int, int]], maths: _Maths, grad: bool) -> str:
+    """This step's shapes, under its rules: each input, then the output (with ``grad``, as
+    ``G = \\bar C``: the gradient that arrives has the output's shape)."""
+    out = re.match(r"\s*([A-Za-z]\w*)", forward)
+    output = out.group(1) if out and out.group(1) in symbols else None
+    items = []
+    for name, shape in symbols.items():
+        if name in (output, "G") or (name.startswith("d") and name[1:] in symbols):
+            continue
+        items.append((maths.symbol(name), shape))
+    if output is not None and not grad:
+        items.append((maths.symbol(output), symbols[output]))
+    elif grad and "G" in symbols:
+        shown = None
+        if output is not None:
+            with contextlib.suppress(RuleSyntaxError):
+                shown = maths.span(f"G = {symbol_to_latex('d' + output)}", f"G = d{output}")
+        items.append((shown or maths.symbol("G"), symbols["G"]))
+    cells = "".join(
+        f'<span class="shape">{sym} <span class="dim">{_shape_text(shape)}</span></span>' for sym, shape in items
+    )
+    return f'<div class="shapes">{cells}</div>' if items else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -619,7 +746,9 @@ def _stat_line(t: Tensor2D) -> str:
     return ""
 
 
-def _steps(nodes: list[_Node], edges: list[tuple[int, int, str]], back: _Backward) -> list[dict[str, Any]]:
+def _steps(
+    nodes: list[_Node], edges: list[tuple[int, int, str]], back: _Backward, maths: _Maths
+) -> list[dict[str, Any]]:
     edge_index: dict[tuple[int, int], list[int]] = {}
     for e, (src, dst, _) in enumerate(edges):
         edge_index.setdefault((src, dst), []).append(e)
@@ -634,10 +763,12 @@ def _steps(nodes: list[_Node], edges: list[tuple[int, int, str]], back: _Backwar
             assert op is not None
             forward, backward = rule_of(op)
             symbols = _symbols(op, forward, backward, t.shape)
-            body = [
-                f'<div class="eq fwd">{_with_shapes(forward, symbols) if forward else html.escape(op.describe())}</div>'
-            ]
-            body.append(_bindings(op, backward, nodes, node))
+            if forward:
+                mentioned = _rule_names(forward, backward, symbols)
+                body = [_eq("fwd", forward, symbols, mentioned, maths), _shapes_html(forward, symbols, maths, False)]
+            else:
+                body = [f'<div class="eq fwd code">{html.escape(op.describe())}</div>']
+            body.append(_bindings(op, backward, nodes, node, maths))
             body.append(f'<div class="note">{_who(node)} computes a {_shape_text(t.shape)} {t.dtype} result</div>')
             used = sorted({e for j in node.inputs for e in edge_index.get((j, k), [])})
         elif node.role == "root":
@@ -669,23 +800,23 @@ def _steps(nodes: list[_Node], edges: list[tuple[int, int, str]], back: _Backwar
             assert op is not None
             forward, backward = rule_of(op)
             symbols = _symbols(op, forward, backward, t.shape)
-            arrived = _arrival(nodes, sources, "G", g)
-            lines = [
-                f'<div class="eq bwd">{_with_shapes(rule, symbols)}</div>'
-                for rule in (backward or ["(no rule in the docstring)"])
-            ]
+            mentioned = _rule_names(forward, backward, symbols)
+            arrived = _arrival(nodes, sources, "G", g, maths)
+            lines = [_eq("bwd", rule, symbols, mentioned, maths) for rule in backward]
+            lines = lines or ['<div class="eq bwd code">(no rule in the docstring)</div>']
+            lines.append(_shapes_html(forward, symbols, maths, True))
             sends = []
             names = _input_symbols(op, backward)
             for pos, (j, need) in enumerate(zip(node.inputs, op.needs_input_grad)):
                 target = nodes[j]
                 sym = f"d{names[pos]}" if pos < len(names) and names[pos] else f"gradient #{pos}"
                 if not need:
-                    sends.append(f"<li>{html.escape(sym)}: not needed ({_who(target)} does not require grad)</li>")
+                    sends.append(f"<li>{maths.symbol(sym)}: not needed ({_who(target)} does not require grad)</li>")
                     continue
                 before = received.get(j, 0)
                 received[j] = before + 1
                 total = len(back.contributions.get(j, []))
-                text = f"<li>{html.escape(sym)} \u2192 {_who(target)} ({_shape_text(target.tensor.shape)})"
+                text = f"<li>{maths.symbol(sym)} \u2192 {_who(target)} ({_shape_text(target.tensor.shape)})"
                 if before:
                     text += (
                         f' <span class="acc">accumulated: added to the {before} earlier contribution'
@@ -697,16 +828,17 @@ def _steps(nodes: list[_Node], edges: list[tuple[int, int, str]], back: _Backwar
                 used += edge_index.get((j, k), [])
             body = [arrived, *lines, f'<ul class="sends">{"".join(sends)}</ul>']
         else:
-            arrived = _arrival(nodes, sources, f"{node.title}.grad" if node.role != "root" else "G", g)
+            arrived = _arrival(nodes, sources, f"{node.title}.grad" if node.role != "root" else "G", g, maths)
             body = [arrived]
         body.append(_grad_note(g))
         steps.append({"phase": "backward", "node": k, "head": head, "html": "".join(body), "edges": sorted(set(used))})
     return steps
 
 
-def _arrival(nodes: list[_Node], sources: list[tuple[int, int]], name: str, g: Tensor2D) -> str:
+def _arrival(nodes: list[_Node], sources: list[tuple[int, int]], name: str, g: Tensor2D, maths: _Maths) -> str:
+    shown = maths.symbol(name) if name == "G" else html.escape(name)
     if not sources:
-        return f'<div class="note">{html.escape(name)} ({_shape_text(g.shape)})</div>'
+        return f'<div class="note">{shown} ({_shape_text(g.shape)})</div>'
     parts = []
     for src, pos in sources:
         if pos < 0:
@@ -715,11 +847,11 @@ def _arrival(nodes: list[_Node], sources: list[tuple[int, int]], name: str, g: T
         op = nodes[src].tensor.op
         names = _input_symbols(op, rule_of(op)[1]) if op is not None else []
         sym = f"d{names[pos]}" if pos < len(names) and names[pos] else f"gradient #{pos}"
-        parts.append(f"{html.escape(sym)} from {_who(nodes[src])}")
+        parts.append(f"{maths.symbol(sym)} from {_who(nodes[src])}")
     if len(parts) == 1:
-        return f'<div class="note">{html.escape(name)} ({_shape_text(g.shape)}) = {parts[0]}</div>'
+        return f'<div class="note">{shown} ({_shape_text(g.shape)}) = {parts[0]}</div>'
     return (
-        f'<div class="note">{html.escape(name)} ({_shape_text(g.shape)}) = {" + ".join(parts)}'
+        f'<div class="note">{shown} ({_shape_text(g.shape)}) = {" + ".join(parts)}'
         f' <span class="acc">{len(parts)} contributions accumulated</span></div>'
     )
 
@@ -730,13 +862,13 @@ def _grad_note(g: Tensor2D) -> str:
     return ""
 
 
-def _bindings(op: Op, backward: list[str], nodes: list[_Node], node: _Node) -> str:
+def _bindings(op: Op, backward: list[str], nodes: list[_Node], node: _Node, maths: _Maths) -> str:
     names = _input_symbols(op, backward)
     items = []
     for pos, j in enumerate(node.inputs):
-        sym = names[pos] if pos < len(names) and names[pos] else f"input #{pos}"
+        sym = maths.symbol(names[pos]) if pos < len(names) and names[pos] else f"input #{pos}"
         t = nodes[j].tensor
-        items.append(f"<li>{html.escape(sym)} = {_who(nodes[j])} ({_shape_text(t.shape)})</li>")
+        items.append(f"<li>{sym} = {_who(nodes[j])} ({_shape_text(t.shape)})</li>")
     return f'<ul class="binds">{"".join(items)}</ul>'
 
 
@@ -755,12 +887,25 @@ def _script_json(payload: Any) -> str:
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
+MATH_FONT = "matgrad Math"  # Latin Modern Math cut down (matgrad/viz/fonts/README.md)
+
+
+@functools.lru_cache(maxsize=1)
+def _font_face() -> str:
+    """The math font as an ``@font-face`` rule with the font inside (no network, no file beside the page)."""
+    data = resources.files("matgrad.viz").joinpath("fonts/matgrad-math.woff").read_bytes()
+    return (
+        f'@font-face {{ font-family: "{MATH_FONT}"; font-style: normal; font-weight: 400; font-display: block; '
+        f'src: url("data:font/woff;base64,{base64.b64encode(data).decode("ascii")}") format("woff"); }}'
+    )
+
+
 def render_page(payload: dict[str, Any]) -> str:
-    """The explorer's HTML with ``payload`` embedded (CSS and JavaScript inlined)."""
+    """The explorer's HTML with ``payload`` embedded (CSS, the math font and JavaScript inlined)."""
     page = _asset("explorer.html")
     title = html.escape(str(payload.get("title") or "matgrad explorer"))
     return (
-        page.replace("/*__CSS__*/", _asset("explorer.css"))
+        page.replace("/*__CSS__*/", _font_face() + "\n" + _asset("explorer.css"))
         .replace("__TITLE__", title)
         .replace("/*__JS__*/", _asset("explorer.js"))
         .replace("__DATA__", _script_json(payload))
@@ -782,7 +927,8 @@ def graph_payload(root: Any, params: Any = None, title: str | None = None) -> di
         back = _replay(nodes, roots, op_node, leaf_node, plan)
         routes = _layout(nodes, edges)
         clusters, innermost = _clusters(nodes, plan)
-        steps = _steps(nodes, edges, back)
+        maths = _Maths()
+        steps = _steps(nodes, edges, back, maths)
     mats: list[dict[str, Any]] = []
     cache: dict[int, int] = {}
 
@@ -827,7 +973,10 @@ def graph_payload(root: Any, params: Any = None, title: str | None = None) -> di
             assert op is not None
             forward, backward = rule_of(op)
             symbols = _symbols(op, forward, backward, t.shape)
-            entry["rule"] = [_with_shapes(forward, symbols)] + [_with_shapes(r, symbols) for r in backward]
+            mentioned = _rule_names(forward, backward, symbols)
+            entry["rule"] = [_eq("fwd", forward, symbols, mentioned, maths)] if forward else []
+            entry["rule"] += [_eq("bwd", r, symbols, mentioned, maths) for r in backward]
+            entry["rule"].append(_shapes_html(forward, symbols, maths, False))
             scope = plan.place[plan.pos[id(t)]]
             entry["where"] = plan.module_label(scope[-1]) if scope else ""
         else:
@@ -841,6 +990,7 @@ def graph_payload(root: Any, params: Any = None, title: str | None = None) -> di
         "clusters": clusters,
         "mats": mats,
         "steps": steps,
+        "maths": maths.items,
         "forward_steps": sum(1 for s in steps if s["phase"] == "forward"),
         "note": back.note,
         "train": None,
