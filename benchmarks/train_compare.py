@@ -25,6 +25,11 @@ one epoch of the training loop only:
 - numpy-reference: ``benchmarks/reference_numpy.py`` (manual backward, buffers reused, in place).
 - torch: ``torch.nn.Sequential(Linear, ReLU, ..., Linear)``, ``F.cross_entropy``,
   ``torch.optim.SGD``; the gather is tensor indexing ``X_t[perm_t[lo:hi]]`` (no DataLoader).
+- matgrad-torch (on request, ``--frameworks``): matgrad's torch backend on the CPU (the Array API
+  kernels over PyTorch); the gather is the kernel-level ``take`` of a native index, as ``DataLoader``.
+- matgrad-array-api-numpy (on request): the same Array API kernels serving NumPy
+  (``ArrayApiBackend("numpy")``, through ``array_api_compat.numpy``), gathered as matgrad-numpy:
+  what the hand-tuned numpy backend would cost if it were the generic code.
 - matgrad-python: the pure-Python backend on a subset (``--python-samples``, default 5,000: the
   first rows of the permutation, gathered with ``X_t[list_of_rows]``), the epoch time scaled to
   ``--extrapolate-to`` (default 60,000) samples. Run ``--python-repeats`` times (default once).
@@ -60,6 +65,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench
 
 FRAMEWORKS = ("matgrad-numpy", "matgrad-compiled", "numpy-reference", "torch")
+EXTRA = ("matgrad-torch", "matgrad-array-api-numpy")  # run only when --frameworks names them
 PYTHON = "matgrad-python"
 DEFAULT_MODELS = "784-128-10,784-256-128-10"
 
@@ -70,15 +76,23 @@ DEFAULT_MODELS = "784-128-10,784-256-128-10"
 
 
 def _matgrad_trainer(
-    args: argparse.Namespace, backend: str, x: Any, y: Any, compiled: bool = False
+    args: argparse.Namespace, backend: Any, x: Any, y: Any, compiled: bool = False
 ) -> dict[str, Callable[..., Any]]:
     import numpy as np
 
     import matgrad as mg
     from matgrad import Tensor2D
 
+    if backend == "matgrad-array-api-numpy":
+        from matgrad.backends.array_api import ArrayApiBackend
+
+        backend = ArrayApiBackend("numpy")
     mg.set_backend(backend)
     be = mg.backends.get(backend)
+    if be.name == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
     F = mg.functional
     model = mg.nn.MLP(args.sizes)
     linears = [m for m in model if isinstance(m, mg.nn.Linear)]
@@ -94,7 +108,21 @@ def _matgrad_trainer(
     def params() -> Any:
         return [(np.asarray(lin.weight.numpy()), np.asarray(lin.bias.numpy())) for lin in linears]
 
-    if backend == "python":
+    if be.name == "torch":  # data on the backend once; each batch a kernel-level take of a native index
+        x_n, y_n = be.from_array(x, "float32"), be.from_array(y.reshape(-1, 1), "int64")
+
+        def epoch(perm: Any) -> None:
+            order = be.indices(be.from_array(perm.reshape(1, -1), "int64"))
+            for lo in range(0, len(perm), bs):
+                idx = order[lo : min(lo + bs, len(perm))]
+                xb = Tensor2D.from_native(be.take(x_n, idx, slice(None)), be)
+                yb = Tensor2D.from_native(be.take(y_n, idx, slice(None)), be)
+                loss = F.cross_entropy(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+    elif backend == "python":
         # x, y are the subset already (rows in dataset order); `order` lists subset positions.
         x_t = mg.Tensor2D(x, backend="python")
         y_t = mg.Tensor2D(y.reshape(-1, 1), dtype="int64", backend="python")
@@ -222,6 +250,12 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         n = n_sub
     elif fw in ("matgrad-numpy", "matgrad-compiled"):
         trainer = _matgrad_trainer(args, "numpy", x, y, compiled=fw == "matgrad-compiled")
+        n = n_total
+    elif fw == "matgrad-torch":
+        trainer = _matgrad_trainer(args, "torch", x, y)
+        n = n_total
+    elif fw == "matgrad-array-api-numpy":
+        trainer = _matgrad_trainer(args, fw, x, y)
         n = n_total
     elif fw == "numpy-reference":
         trainer = _reference_trainer(args, x, y)
@@ -476,6 +510,10 @@ def _aggregate(
         ("matgrad-compiled", "numpy-reference"),
         ("matgrad-numpy", "torch"),
         ("torch", "numpy-reference"),
+        ("matgrad-array-api-numpy", "numpy-reference"),
+        ("matgrad-array-api-numpy", "matgrad-numpy"),
+        ("matgrad-torch", "numpy-reference"),
+        ("matgrad-torch", "torch"),
     ]
     for sizes in args.sizes_list:
         model = "-".join(map(str, sizes))
@@ -528,8 +566,8 @@ def _sizes_list(text: str) -> list[list[int]]:
 def _frameworks(text: str) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
     for name in names:
-        if name not in (*FRAMEWORKS, PYTHON):
-            known = ", ".join((*FRAMEWORKS, PYTHON))
+        if name not in (*FRAMEWORKS, *EXTRA, PYTHON):
+            known = ", ".join((*FRAMEWORKS, *EXTRA, PYTHON))
             raise argparse.ArgumentTypeError(f"unknown framework {name!r}; choose from {known}")
     return names
 
@@ -543,7 +581,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--frameworks",
         type=_frameworks,
         default=[*FRAMEWORKS, PYTHON],
-        help="comma-separated subset of " + ", ".join((*FRAMEWORKS, PYTHON)),
+        help="comma-separated list from " + ", ".join((*FRAMEWORKS, *EXTRA, PYTHON)),
     )
     p.add_argument("--repeats", type=int, default=5, help="alternated rounds (default 5)")
     p.add_argument("--warmup", type=int, default=50, help="warm-up batches in each run before timing (default 50)")

@@ -82,9 +82,14 @@ def as_operand(x: Any, like: Tensor2D, name: str) -> Tensor2D:
 def same_storage(name: str, a: Tensor2D, b: Tensor2D) -> None:
     """Both tensors on one backend with one dtype."""
     if a._backend is not b._backend:
+        if a.backend == b.backend:
+            raise BackendError(
+                f"{name}: operands live on different devices ({a._backend.label} and {b._backend.label}); "
+                f"move one with .to(device={a.device!r})"
+            )
         raise BackendError(
-            f"{name}: operands live on different backends ({a.backend} and {b.backend}); "
-            f"move one with .to(backend={a.backend!r})"
+            f"{name}: operands live on different backends ({a._backend.label} and {b._backend.label}); "
+            f"move one with .to(backend={a._backend.spec!r})"
         )
     if a.dtype != b.dtype:
         raise DTypeError(

@@ -107,6 +107,13 @@ def _hidden_sizes(text: str) -> list[int]:
     return sizes
 
 
+def backend_options(p: argparse.ArgumentParser) -> None:
+    from matgrad.backends import NAMES
+
+    p.add_argument("--backend", choices=NAMES, help="matrix backend (default: numpy if installed)")
+    p.add_argument("--device", help="the backend's device: cuda, cuda:1, cpu (torch, cupy), device1 (array_api_strict)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from matgrad import __version__
 
@@ -122,7 +129,7 @@ def _build_parser() -> argparse.ArgumentParser:
             "--data", metavar="DIR", help="MNIST directory (the four IDX files); default: the shipped sample"
         )
         p.add_argument("--download", action="store_true", help="download MNIST into --data (or the cache) if missing")
-        p.add_argument("--backend", choices=["numpy", "python"], help="matrix backend (default: numpy if installed)")
+        backend_options(p)
 
     train = sub.add_parser("train", help="train an MLP on MNIST", description="Train an MLP on MNIST.")
     data_options(train)
@@ -180,7 +187,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--output", default="graph.html", metavar="FILE", help="output file (default graph.html)")
     ex.add_argument("--batch-size", type=_positive_int, default=64, help="rows in the batch (default 64)")
     ex.add_argument("--seed", type=_seed, default=0, help="random seed for the weights (default 0)")
-    ex.add_argument("--backend", choices=["numpy", "python"], help="matrix backend (default: numpy if installed)")
+    backend_options(ex)
 
     sub.add_parser("info", help="versions, backends, Graphviz, data cache", description="Show the setup.")
     return parser
@@ -189,11 +196,18 @@ def _build_parser() -> argparse.ArgumentParser:
 # -- shared pieces ------------------------------------------------------------------------------
 
 
-def _use_backend(name: str | None) -> None:
+def _use_backend(args: argparse.Namespace) -> None:
     import matgrad as mg
 
-    if name is not None:
-        mg.set_backend(name)
+    if args.backend is not None or args.device is not None:
+        mg.set_backend(args.backend or mg.get_backend(), args.device)
+
+
+def _backend_label() -> str:
+    """``numpy``, or ``torch on cuda:0``: what the header lines print."""
+    from matgrad.backends import get
+
+    return get().label
 
 
 def _load_data(args: argparse.Namespace) -> Any:
@@ -410,7 +424,7 @@ def _train_in(args: argparse.Namespace, par: Any) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise CommandError('--plot needs matplotlib: pip install "matgrad[plot]"') from None
-    _use_backend(args.backend)
+    _use_backend(args)
     with par.main_first(args.download):  # one process downloads, the others read what it wrote
         data, source = _load_data(args)
     x_train, y_train = data.x_train, data.y_train
@@ -440,7 +454,7 @@ def _train_in(args: argparse.Namespace, par: Any) -> int:
     )
     watch = _training_explorer(args, model, x_train, y_train, len(loader) * args.epochs, sizes)
     print(
-        f"matgrad {mg.__version__} | backend {mg.get_backend()} | {source}: {x_train.nrows} training and "
+        f"matgrad {mg.__version__} | backend {_backend_label()} | {source}: {x_train.nrows} training and "
         f"{data.x_test.nrows} test images"
     )
     print(
@@ -619,7 +633,7 @@ def _eval(args: argparse.Namespace) -> int:
     from matgrad.metrics import accuracy, confusion_matrix, format_confusion_matrix, predict
 
     _check_input("--model", args.model)
-    _use_backend(args.backend)
+    _use_backend(args)
     # the header alone (bounded, validated) first: check before allocating anything
     header, metadata = load_header(args.model)
     sizes = _infer_mlp({name: info.shape for name, info in header.items()}, metadata, args.model)
@@ -639,7 +653,7 @@ def _eval(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     preds = predict(model, data.x_test)
     elapsed = time.perf_counter() - t0
-    print(f"model MLP {'-'.join(map(str, sizes))} from {args.model} | backend {mg.get_backend()} | {source}")
+    print(f"model MLP {'-'.join(map(str, sizes))} from {args.model} | backend {_backend_label()} | {source}")
     print(f"test accuracy {accuracy(preds, data.y_test):.2%} on {data.x_test.nrows} images ({elapsed:.2f}s)\n")
     print(format_confusion_matrix(confusion_matrix(preds, data.y_test)))
     return 0
@@ -677,7 +691,7 @@ def _explore(args: argparse.Namespace) -> int:
     from matgrad.viz import explore
 
     _check_outputs([("-o", args.output, EXPLORE_SUFFIXES)], [])
-    _use_backend(args.backend)
+    _use_backend(args)
     data = load_mnist(sample=True)
     mg.manual_seed(args.seed)
     sizes = [data.x_train.ncols, *args.hidden, 10]
@@ -701,12 +715,16 @@ def _explore(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     import matgrad as mg
-    from matgrad.backends import available_backends
+    from matgrad.backends import available_backends, devices
     from matgrad.data.mnist import NAMES, SAMPLE_DIR, default_root
 
     print(f"matgrad {mg.__version__} (Python {platform.python_version()}, {platform.machine()})")
+    listed = [
+        name if name in ("numpy", "python") else f"{name} ({', '.join(devices(name)) or 'no device'})"
+        for name in available_backends()
+    ]
     print(
-        f"backends available: {', '.join(available_backends())}; in use: {mg.get_backend()}"
+        f"backends available: {', '.join(listed)}; in use: {_backend_label()}"
         + (f" (MATGRAD_BACKEND={os.environ['MATGRAD_BACKEND']})" if os.environ.get("MATGRAD_BACKEND") else "")
     )
     try:

@@ -625,8 +625,8 @@ def _describe_arg(a: Any) -> tuple[Any, str]:
     """A hashable key for one argument, and how it prints."""
     if isinstance(a, Tensor2D):
         return (
-            ("T", a.shape, a.dtype, a.backend, a.requires_grad),
-            f"{a.nrows}x{a.ncols} {a.dtype} {a.backend}",
+            ("T", a.shape, a.dtype, a._backend.spec, a.requires_grad),  # the device too: torch:cuda:0
+            f"{a.nrows}x{a.ncols} {a.dtype} {a._backend.label}",
         )
     if isinstance(a, (int, float, str, bool, type(None))):
         return ("V", type(a).__name__, a), repr(a)

@@ -140,8 +140,10 @@ def _target_column(name: str, targets: Any, n: int, c: int, be: Backend) -> Any:
                 f"logits, got {_fmt(targets.shape)}; class indices must be an int64 {n}x1 column (.long())"
             )
         if targets._backend is not be:
+            where = "devices" if targets.backend == be.name else "backends"
             raise BackendError(
-                f"{name}: targets live on {targets.backend}, the logits on {be.name}; move one with .to()"
+                f"{name}: targets and logits live on different {where} ({targets._backend.label} and {be.label}); "
+                f"move the targets with .to(backend={be.spec!r})"
             )
         shape = targets._data.shape
         # A copy: the loss's backward reads the classes, and the caller may refill the tensor in

@@ -168,9 +168,9 @@ def _encode(name: str, t: Tensor2D) -> Chunk:
     """The little-endian row-major bytes of ``t`` (a buffer the file writes without copying)."""
     layout = _LAYOUTS[_SAVED_AS[t.dtype]]
     backend, data = t.kernels, t.native
-    np = _numpy() if backend.name == "numpy" else None
-    if np is not None:
-        return memoryview(np.ascontiguousarray(data, dtype=layout.np))
+    np = _numpy() if backend.name != "python" else None
+    if np is not None:  # numpy, and the Array API backends through their copy to NumPy (from any device)
+        return memoryview(np.ascontiguousarray(backend.to_numpy(data), dtype=layout.np))
     values = data.data if isinstance(data, Matrix) else list(chain.from_iterable(backend.tolist(data)))
     try:
         buffer = array(layout.code, values)
@@ -484,13 +484,14 @@ def _decode(raw: bytearray, e: _Entry, be: Backend, float_dtype: str | None) -> 
     if e.dtype == "BF16":
         raw = _widen_bf16(raw)
     rows, cols = e.shape
-    np = _numpy() if be.name == "numpy" else None
+    np = _numpy() if be.name != "python" else None
     if np is not None:
         with np.errstate(over="ignore"):  # F64 -> float32 rounds huge values to inf, as a cast does
             # frombuffer over the writable bytearray, and astype copies only if the dtype differs
-            return Tensor2D.from_native(
-                np.frombuffer(raw, dtype=layout.np).reshape(rows, cols).astype(dtype, copy=False), be
-            )
+            host = np.frombuffer(raw, dtype=layout.np).reshape(rows, cols).astype(dtype, copy=False)
+        if be.name == "numpy":
+            return Tensor2D.from_native(host, be)
+        return Tensor2D.from_native(be.from_array(host, dtype), be)  # NumPy rounds, the device receives
     values = _unpack(raw, layout.code)
     if dtype == "float32" and layout.code == "d":
         values = array("f", values).tolist()  # round to float32, as the python backend does

@@ -627,12 +627,12 @@ class To(Op):
         self.backend = backend
 
     def describe(self) -> str:
-        return f"to({self.dtype}, {self.backend.name})"
+        return f"to({self.dtype}, {self.backend.label})"
 
     def forward(self, be: Backend, a: Data) -> Data:
         if self.backend is be:
             return be.astype(a, self.dtype)
-        return self.backend.from_rows(be.tolist(a), self.dtype)
+        return self.backend.from_backend(be, a, self.dtype)
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         return (grad.to(a.dtype, a._backend),)
@@ -641,14 +641,17 @@ class To(Op):
         return self.backend
 
 
-def to(a: Tensor2D, dtype: Any = None, backend: str | Backend | None = None) -> Tensor2D:
-    """``a`` on another dtype and/or backend; differentiable between floating dtypes.
+def to(a: Tensor2D, dtype: Any = None, backend: str | Backend | None = None, device: str | None = None) -> Tensor2D:
+    """``a`` on another dtype, backend and/or device; differentiable between floating dtypes.
 
-    ``a`` itself when nothing changes (as PyTorch's ``Tensor.to``).
+    ``a`` itself when nothing changes (as PyTorch's ``Tensor.to``); ``device`` alone keeps ``a``'s library.
     """
     a = _checks.tensor("to", a)
     dt = a.dtype if dtype is None else dtype_name(dtype)
-    be = a._backend if backend is None else _backends.get(backend)
+    if backend is None:
+        be = a._backend if device is None else _backends.get(a._backend, device)
+    else:
+        be = _backends.get(backend, device)
     if dt == a.dtype and be is a._backend:
         return a
     if dt == "int64" and a.dtype != "int64":

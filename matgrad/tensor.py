@@ -8,7 +8,15 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
 
 from matgrad import backends as _backends
-from matgrad._errors import ArgumentError, ArgumentTypeError, DTypeError, GraphError, ShapeError, user_site
+from matgrad._errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    BackendError,
+    DTypeError,
+    GraphError,
+    ShapeError,
+    user_site,
+)
 from matgrad.backends.base import DTYPES, FLOAT_DTYPES, Backend
 
 if TYPE_CHECKING:
@@ -16,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Tensor2D",
+    "from_dlpack",
     "from_numpy",
     "get_default_dtype",
     "set_default_dtype",
@@ -162,6 +171,11 @@ def _validate_array(a: Any) -> None:
 
 def _foreign_array(data: Any) -> Any:
     """A NumPy array (or nested lists) from another library's tensor, detached and on the CPU."""
+    from matgrad.backends.array_api import native_backend
+
+    if native_backend(data) is not None:  # torch, cupy, array_api_strict: the backend's own copy
+        be = _backends.get(*native_backend(data))  # type: ignore[misc]
+        return be.to_numpy(data)
     for method in ("detach", "cpu"):
         if callable(getattr(data, method, None)):
             data = getattr(data, method)()
@@ -195,7 +209,7 @@ def _convert(data: Any, backend: Backend, dtype: str) -> Any:
             require_int64_range(src, data._data)
         if src is backend:
             return backend.astype(data._data, dtype)
-        return backend.from_rows(src.tolist(data._data), dtype)
+        return backend.from_backend(src, data._data, dtype)
     if isinstance(data, bool):
         raise ArgumentTypeError("Tensor2D: a bool is not numeric data; use 1.0 or 0.0")
     if isinstance(data, numbers.Real):
@@ -205,7 +219,7 @@ def _convert(data: Any, backend: Backend, dtype: str) -> Any:
         return backend.full(1, 1, data, dtype)  # type: ignore[arg-type]
     if isinstance(data, complex):
         raise ArgumentTypeError("Tensor2D: complex numbers are not supported; matgrad holds real numbers only")
-    if _is_array(data) and not hasattr(data.dtype, "kind"):
+    if (_is_array(data) or hasattr(data, "__dlpack__")) and not hasattr(getattr(data, "dtype", None), "kind"):
         data = _foreign_array(data)  # e.g. a torch tensor: go through NumPy (or nested lists)
     if _is_array(data):
         _validate_array(data)
@@ -248,8 +262,9 @@ class Tensor2D:
     (copied, keeping its dtype and backend unless given). ``dtype`` is ``"float32"`` (the
     default, ``get_default_dtype()``), ``"float64"`` or ``"int64"``; an integer NumPy array
     becomes int64 (as ``torch.tensor``), lists and other arrays the default float dtype, unless
-    ``dtype`` says otherwise. ``backend`` is
-    ``"numpy"`` or ``"python"`` (default: ``matgrad.get_backend()``).
+    ``dtype`` says otherwise. ``backend`` is ``"numpy"``, ``"python"``, ``"torch"``, ``"cupy"``
+    or ``"array_api_strict"`` (default: ``matgrad.get_backend()``), ``device`` where its library
+    has devices (``"cuda"``, ``"cuda:1"``; default: the library's default device).
     """
 
     __slots__ = (
@@ -283,12 +298,16 @@ class Tensor2D:
         dtype: Any = None,
         backend: str | Backend | None = None,
         name: str | None = None,
+        device: str | None = None,
     ) -> None:
         if isinstance(data, Tensor2D):  # a copy keeps the source's dtype and backend unless told
-            be = data._backend if backend is None else _backends.get(backend)
+            if backend is None:
+                be = data._backend if device is None else _backends.get(data._backend, device)
+            else:
+                be = _backends.get(backend, device)
             dt = data.dtype if dtype is None else dtype_name(dtype)
         else:
-            be = _backends.get(backend)
+            be = _backends.get(backend, device)
             dt = "int64" if dtype is None and _integer_array(data) else dtype_name(dtype)
         self._data = _convert(data, be, dt)
         self._backend = be
@@ -323,8 +342,13 @@ class Tensor2D:
 
     @property
     def backend(self) -> str:
-        """The name of the backend holding the data: ``"numpy"`` or ``"python"``."""
+        """The name of the backend holding the data: ``"numpy"``, ``"python"``, ``"torch"``, ..."""
         return self._backend.name
+
+    @property
+    def device(self) -> str:
+        """Where the data lives, in its library's words: ``"cpu"``, ``"cuda:0"``, ``"device1"``."""
+        return self._backend.device
 
     @property
     def is_leaf(self) -> bool:
@@ -371,6 +395,16 @@ class Tensor2D:
         name = be.dtype(data)
         if name not in DTYPES:
             raise DTypeError(f"from_native: a matrix of dtype {name}; matgrad holds float32, float64 and int64")
+        owns = getattr(be, "owns", None)
+        if owns is not None and not owns(data):  # an Array API backend: its library, its device
+            from matgrad.backends.array_api import native_backend
+
+            found = native_backend(data)
+            where = "an array of another library" if found is None else f"{found[0]} on {found[1]}"
+            raise BackendError(
+                f"from_native: the matrix is {where}, not of the {be.label} backend; "
+                "copy it with Tensor2D(data, backend=...)"
+            )
         flags = getattr(data, "flags", None)
         if flags is not None and not flags["C_CONTIGUOUS"]:
             raise ShapeError("from_native: the array is not C-contiguous (row-major); pass numpy.ascontiguousarray(a)")
@@ -387,8 +421,24 @@ class Tensor2D:
         return self._backend.tolist(self._data)
 
     def numpy(self) -> Any:
-        """A NumPy array (sharing memory on the numpy backend, a copy on the python one)."""
+        """A NumPy array (sharing memory on the numpy backend, a copy on the others, from any device)."""
         return self._backend.to_numpy(self._data)
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        """The native array's DLPack capsule (shared memory): ``numpy.from_dlpack(t)``, ``torch.from_dlpack(t)``."""
+        export = getattr(self._data, "__dlpack__", None)
+        if export is None:
+            raise BackendError(
+                f"DLPack: the {self.backend} backend's matrices have no DLPack export; "
+                "use .numpy() or .to(backend='numpy')"
+            )
+        return export(**kwargs)
+
+    def __dlpack_device__(self) -> Any:
+        device = getattr(self._data, "__dlpack_device__", None)
+        if device is None:
+            raise BackendError(f"DLPack: the {self.backend} backend's matrices have no DLPack export; use .numpy()")
+        return device()
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
         arr = self.numpy()
@@ -416,9 +466,12 @@ class Tensor2D:
             )
         return bool(self.item())
 
-    def to(self, dtype: Any = None, backend: str | Backend | None = None) -> Tensor2D:
-        """This tensor converted to another dtype and/or backend (differentiable for floats)."""
-        return _ops.to(self, dtype, backend)
+    def to(self, dtype: Any = None, backend: str | Backend | None = None, device: str | None = None) -> Tensor2D:
+        """This tensor converted to another dtype, backend and/or device (differentiable for floats).
+
+        ``device`` alone keeps the library: ``t.to(device="cuda")`` on a torch tensor.
+        """
+        return _ops.to(self, dtype, backend, device)
 
     def float(self) -> Tensor2D:
         """``to("float32")``."""
@@ -710,6 +763,8 @@ class Tensor2D:
     def __repr__(self) -> str:
         body = _format_rows(self, len("Tensor2D("))
         extras = [f"shape={self.nrows}x{self.ncols}", f"dtype={self.dtype}", f"backend={self.backend}"]
+        if self.device not in ("cpu", "CPU_DEVICE"):
+            extras.append(f"device={self.device}")
         if self._op is not None:
             extras.append(f"grad_fn={self._op.describe()}")
         elif self.requires_grad:
@@ -749,14 +804,55 @@ def _format_rows(t: Tensor2D, indent: int) -> str:
 
 
 def _native_backend(data: Any) -> Backend:
-    """The backend whose native matrices look like ``data``."""
+    """The backend whose native matrices look like ``data`` (on ``data``'s device)."""
     if type(data).__module__.startswith("matgrad.backends.python"):
         return _backends.get("python")
     if type(data).__module__ == "numpy":
         return _backends.get("numpy")
+    from matgrad.backends.array_api import native_backend
+
+    found = native_backend(data)
+    if found is not None:
+        return _backends.get(*found)
     raise ArgumentTypeError(
         f"from_native: cannot tell which backend holds a {type(data).__name__}; pass backend='numpy' or 'python'"
     )
+
+
+def from_dlpack(array: Any, backend: str | Backend | None = None) -> Tensor2D:
+    """A tensor sharing the memory of a DLPack array (NumPy, PyTorch, CuPy), as ``torch.from_dlpack``.
+
+    ``backend`` defaults to the array's own library where matgrad has it as a backend (else
+    numpy); the array must be 2-D, of a matgrad dtype, on a device that backend can read.
+    """
+    if not hasattr(array, "__dlpack__"):
+        raise ArgumentTypeError(
+            f"from_dlpack: a {type(array).__name__} has no __dlpack__; pass a NumPy array or a tensor"
+        )
+    if backend is None:
+        try:
+            be = _native_backend(array)
+        except ArgumentTypeError:
+            be = _backends.get("numpy")
+    else:
+        be = _backends.get(backend)
+    if be.name == "python":
+        raise BackendError("from_dlpack: the python backend cannot share memory; use Tensor2D(array, backend='python')")
+    from matgrad.backends.array_api import native_backend
+
+    if native_backend(array) == (be.name, be.device):
+        return Tensor2D.from_native(array, be)  # already this backend's own matrix
+    xp = getattr(be, "xp", None)
+    try:
+        native = xp.from_dlpack(array)  # type: ignore[union-attr]
+    except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+        raise BackendError(f"from_dlpack: the {be.label} backend cannot read this array in place ({exc})") from None
+    if be.name != "numpy" and native_backend(native) != (be.name, be.device):
+        raise BackendError(
+            f"from_dlpack: the array is not on {be.label}, so it cannot be shared; "
+            f"copy it with Tensor2D(array, backend={be.spec!r})"
+        )
+    return Tensor2D.from_native(native, be)
 
 
 def from_numpy(array: Any) -> Tensor2D:

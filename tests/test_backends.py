@@ -1,4 +1,8 @@
-"""The two backends: the kernel interface, parity, IEEE edge cases, selection, isolation from numpy."""
+"""The backends: the kernel interface, parity, IEEE edge cases, selection, isolation from numpy.
+
+The Array API backends (torch, array_api_strict) take part where a test loops over backends;
+tests/test_array_api.py checks them against numpy in depth.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,13 @@ from matgrad.backends.python import Matrix, PythonBackend, dot_products
 
 PY = backends.get("python")
 NP = backends.get("numpy")
+# array_api_strict on a simulated device: an array made on the default device would raise
+ARRAY_API = [
+    backends.get(name, device)
+    for name, device in (("array_api_strict", "device1"), ("torch", "cpu"))
+    if name in mg.available_backends()
+]
+EVERY = [PY, NP, *ARRAY_API]
 
 
 def test_every_kernel_is_implemented_by_both() -> None:
@@ -31,7 +42,9 @@ def test_every_kernel_is_implemented_by_both() -> None:
         if getattr(Backend, name, None) is not None and getattr(getattr(Backend, name), "__isabstractmethod__", False)
     }
     assert abstract, "the interface declares its kernels as abstract methods"
-    for cls in (type(PY), type(NP)):
+    from matgrad.backends.array_api import ArrayApiBackend
+
+    for cls in (type(PY), type(NP), ArrayApiBackend):
         assert not cls.__abstractmethods__, f"{cls.__name__} misses {sorted(cls.__abstractmethods__)}"
         for name in abstract:
             assert getattr(cls, name) is not getattr(Backend, name), f"{cls.__name__}.{name}"
@@ -274,7 +287,7 @@ def test_numpy_backend_is_quiet_at_the_edges() -> None:
 
 
 def test_all_finite() -> None:
-    for be in (PY, NP):
+    for be in EVERY:
         assert be.all_finite(be.from_rows([[1e308, 1e308]], "float64"))  # the sum overflows, the values do not
         assert not be.all_finite(be.from_rows([[1.0, math.nan]], "float64"))
         assert not be.all_finite(be.from_rows([[math.inf, -math.inf]], "float64"))
@@ -296,9 +309,9 @@ def test_float32_emulation_matches_numpy_bits() -> None:
 def test_uint8_loading_is_identical() -> None:
     buf = bytes(range(256)) * 3
     for dtype, divisor in (("float32", 255), ("float64", 255), ("int64", 1)):
-        assert (
-            PY.tolist(PY.from_uint8(buf, 3, 256, divisor, dtype)) == NP.from_uint8(buf, 3, 256, divisor, dtype).tolist()
-        )
+        want = NP.from_uint8(buf, 3, 256, divisor, dtype).tolist()
+        for be in (PY, *ARRAY_API):
+            assert be.tolist(be.from_uint8(buf, 3, 256, divisor, dtype)) == want, be
 
 
 # -- selection -----------------------------------------------------------------------------------
@@ -363,7 +376,7 @@ def test_set_backend_and_errors() -> None:
             mg.set_backend("tpu")
     finally:
         mg.set_backend(previous)
-    assert set(mg.available_backends()) == {"numpy", "python"}
+    assert {"numpy", "python"} <= set(mg.available_backends()) <= set(backends.NAMES)
 
 
 def test_seed_is_shared_by_both_backends() -> None:
@@ -405,7 +418,7 @@ def test_fused_kernels_agree(n: int, c: int, data: st.DataObject) -> None:
 
 
 def test_softmax_xent_refuses_classes_out_of_range() -> None:
-    for be in (PY, NP):
+    for be in EVERY:
         x = be.from_rows([[0.0, 1.0], [2.0, 3.0]], "float32")
         for bad in (2, -1):
             with pytest.raises(IndexError):
@@ -413,7 +426,7 @@ def test_softmax_xent_refuses_classes_out_of_range() -> None:
 
 
 def test_bad_index() -> None:
-    for be in (PY, NP):
+    for be in EVERY:
         idx = be.indices(be.from_rows([[0, 3, 2]], "int64"))
         assert be.bad_index(idx, 4) is None
         assert be.bad_index(idx, 3) == 3
@@ -429,12 +442,12 @@ def test_keep_selects_on_both_backends(data: st.DataObject) -> None:
     a = [[data.draw(values) for _ in range(n)] for _ in range(m)]
     mask = [[float(data.draw(st.booleans())) for _ in range(n)] for _ in range(m)]
     want = [[x if k else 0.0 for x, k in zip(ra, rk)] for ra, rk in zip(a, mask)]
-    for be in (PY, NP):
+    for be in EVERY:
         for dtype in ("float32", "float64"):
             got = be.tolist(be.keep(be.from_rows(a, dtype), be.from_rows(mask, dtype)))
             assert repr(got) == repr(be.tolist(be.from_rows(want, dtype))), (be.name, dtype)
     row = [[data.draw(values) for _ in range(n)]]  # a (1, n) row broadcasts to the mask
     want_row = [[x if k else 0.0 for x, k in zip(row[0], rk)] for rk in mask]
-    for be in (PY, NP):
+    for be in EVERY:
         got = be.tolist(be.keep(be.from_rows(row, "float64"), be.from_rows(mask, "float64")))
         assert repr(got) == repr(want_row), be.name

@@ -38,17 +38,31 @@ class Backend(ABC):
     """Storage and primitive kernels for row-major 2-D matrices."""
 
     name: str = ""
+    device: str = "cpu"
+    """Where the matrices live, in the library's words: ``"cpu"``, ``"cuda:0"``, ``"device1"``."""
     float_types: frozenset[Any] = frozenset()
     """The raw ``dtype`` values (``a.dtype``) of floating matrices, for cheap checks in hot paths."""
 
+    @property
+    def spec(self) -> str:
+        """``name`` for the CPU-only backends, ``name:device`` for the others (``"torch:cuda:0"``)."""
+        return self.name if self.name in ("numpy", "python") else f"{self.name}:{self.device}"
+
+    @property
+    def label(self) -> str:
+        """How messages name this backend: ``numpy``, or ``torch on cuda:0``."""
+        return self.name if self.name in ("numpy", "python") else f"{self.name} on {self.device}"
+
     def __repr__(self) -> str:
-        return f"<matgrad backend {self.name!r}>"
+        if self.name in ("numpy", "python"):
+            return f"<matgrad backend {self.name!r}>"
+        return f"<matgrad backend {self.name!r} on {self.device!r}>"
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
-        # Backends are per-process singletons holding modules: pickle (and deepcopy) by name.
+        # Backends are per-process singletons holding modules: pickle (and deepcopy) by name and device.
         from matgrad.backends import get
 
-        return get, (self.name,)
+        return get, (self.spec,)
 
     # -- construction and conversion ---------------------------------------------------------
     @abstractmethod
@@ -89,6 +103,16 @@ class Backend(ABC):
     @abstractmethod
     def permutation(self, n: int) -> list[int]:
         """A random permutation of ``range(n)`` from this backend's generator."""
+
+    def from_backend(self, source: Backend, a: Data, dtype: str) -> Data:
+        """A copy on this backend of ``source``'s matrix ``a``, converted to ``dtype``.
+
+        Through NumPy where both sides have it (DLPack on the Array API backends), else through
+        nested lists.
+        """
+        if source.name == "python" or self.name == "python":
+            return self.from_rows(source.tolist(a), dtype)
+        return self.from_array(source.to_numpy(a), dtype)
 
     @abstractmethod
     def tolist(self, a: Data) -> list[list[Any]]:

@@ -121,12 +121,11 @@ class DataLoader:
             be = t.kernels
             if id(be) not in natives:
                 natives[id(be)] = be.indices(be.from_rows([order], "int64"))
-        b = self.batch_size
+        b, n = self.batch_size, len(order)
         for lo in range(0, len(self) * b, b):
+            hi = min(lo + b, n)  # the Array API leaves a slice past the end unspecified
             batch = tuple(
-                Tensor2D.from_native(
-                    t.kernels.take(t.native, natives[id(t.kernels)][lo : lo + b], slice(None)), t.kernels
-                )
+                Tensor2D.from_native(t.kernels.take(t.native, natives[id(t.kernels)][lo:hi], slice(None)), t.kernels)
                 for t in tensors
             )
             yield batch[0] if self.y is None else batch

@@ -57,10 +57,10 @@ class Parameter(Tensor2D):
         return "Parameter containing:\n" + super().__repr__()
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        # copy.deepcopy and pickle: the values, dtype and backend name (a backend object holds
-        # a module and cannot be pickled); .grad is dropped, as PyTorch's Parameter does.
-        data = self.numpy() if self.backend == "numpy" else self.tolist()
-        return (_rebuild_parameter, (data, self.dtype, self.backend, self.requires_grad))
+        # copy.deepcopy and pickle: the values, dtype and backend spec ("torch:cuda:0": a backend
+        # object holds a module and cannot be pickled); .grad is dropped, as PyTorch's Parameter does.
+        data = self.tolist() if self.backend == "python" else self.numpy()
+        return (_rebuild_parameter, (data, self.dtype, self.kernels.spec, self.requires_grad))
 
 
 def _rebuild_parameter(data: Any, dtype: str, backend: str, requires_grad: bool) -> Parameter:
@@ -496,8 +496,8 @@ class Module:
         return Tensor2D(value, dtype=param.dtype, backend=param.kernels)
 
     # -- conversion -----------------------------------------------------------------------------
-    def to(self: M, dtype: Any = None, backend: str | None = None) -> M:
-        """Convert every parameter (and its ``.grad``) in place to ``dtype`` / ``backend``; returns self.
+    def to(self: M, dtype: Any = None, backend: str | None = None, device: str | None = None) -> M:
+        """Convert every parameter (and its ``.grad``) in place to ``dtype`` / ``backend`` / ``device``; returns self.
 
         The parameters stay the same objects, so an optimiser built before still holds them
         (its state, if any, keeps the old dtype: build optimisers after ``to``).
@@ -505,9 +505,9 @@ class Module:
         dt = None if dtype is None else dtype_name(dtype)
         if dt is not None and dt not in FLOAT_DTYPES:
             raise DTypeError(f"{self._get_name()}.to: parameters must be floating, not {dt}")
-        be = None if backend is None else _backends.get(backend)
+        be = None if backend is None else _backends.get(backend, device)
         for p in self.parameters():
-            new_be = be or p.kernels
+            new_be = be or (p.kernels if device is None else _backends.get(p.kernels, device))
             new_dt = dt or p.dtype
             if new_be is p.kernels and new_dt == p.dtype:
                 continue
