@@ -244,14 +244,23 @@ def _convert(data: Any, backend: Backend, dtype: str) -> Any:
 _object_new = object.__new__
 
 
-class Version:
-    """A storage's version counter: in-place changes seen, and what made the last one."""
+CHANGES = [0]
+"""In-place changes of any tensor so far: an op recorded since the last one need not check its saved tensors."""
 
-    __slots__ = ("changed", "count")
+
+class Version:
+    """A storage's version counter: in-place changes seen, what made the last one, and when.
+
+    ``clock`` is the value of ``CHANGES`` after the last change: an op recorded at a later
+    clock saw the storage as it is now, one recorded earlier saw older values.
+    """
+
+    __slots__ = ("changed", "clock", "count")
 
     def __init__(self) -> None:
         self.count = 0
         self.changed = ""
+        self.clock = -1
 
 
 class Tensor2D:
@@ -524,6 +533,8 @@ class Tensor2D:
         vc = self._version_counter()
         vc.count += 1
         vc.changed = how
+        CHANGES[0] += 1
+        vc.clock = CHANGES[0]
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor2D:
         """Set ``requires_grad`` in place on a leaf; returns ``self``."""
@@ -619,28 +630,28 @@ class Tensor2D:
 
     # -- operators ----------------------------------------------------------------------------
     def __add__(self, other: Any) -> Tensor2D:
-        return _ops.Add()(self, other)
+        return _Add()(self, other)
 
     def __radd__(self, other: Any) -> Tensor2D:
-        return _ops.Add()(other, self)
+        return _Add()(other, self)
 
     def __sub__(self, other: Any) -> Tensor2D:
-        return _ops.Sub()(self, other)
+        return _Sub()(self, other)
 
     def __rsub__(self, other: Any) -> Tensor2D:
-        return _ops.Sub()(other, self)
+        return _Sub()(other, self)
 
     def __mul__(self, other: Any) -> Tensor2D:
-        return _ops.Mul()(self, other)
+        return _Mul()(self, other)
 
     def __rmul__(self, other: Any) -> Tensor2D:
-        return _ops.Mul()(other, self)
+        return _Mul()(other, self)
 
     def __truediv__(self, other: Any) -> Tensor2D:
-        return _ops.Div()(self, other)
+        return _Div()(self, other)
 
     def __rtruediv__(self, other: Any) -> Tensor2D:
-        return _ops.Div()(other, self)
+        return _Div()(other, self)
 
     def __matmul__(self, other: Any) -> Tensor2D:
         return _ops.matmul(self, other)
@@ -655,7 +666,7 @@ class Tensor2D:
         return _ops.rpow(base, self)
 
     def __neg__(self) -> Tensor2D:
-        return _ops.Neg()(self)
+        return _Neg()(self)
 
     def __pos__(self) -> Tensor2D:
         return self
@@ -887,3 +898,8 @@ from matgrad import _checks  # noqa: E402
 from matgrad import ops as _ops  # noqa: E402
 from matgrad.autograd import engine as _engine  # noqa: E402
 from matgrad.autograd import grad_mode as _grad_mode  # noqa: E402
+from matgrad.ops import Add as _Add  # noqa: E402
+from matgrad.ops import Div as _Div  # noqa: E402
+from matgrad.ops import Mul as _Mul  # noqa: E402
+from matgrad.ops import Neg as _Neg  # noqa: E402
+from matgrad.ops import Sub as _Sub  # noqa: E402

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from matgrad._errors import AnomalyError, ArgumentTypeError, GraphError
 from matgrad.autograd.grad_mode import state
-from matgrad.tensor import Tensor2D, _wrap
+from matgrad.tensor import CHANGES, Tensor2D, _wrap
 
 if TYPE_CHECKING:
     from matgrad.autograd.graph import Op
@@ -177,7 +177,7 @@ def _propagate(
                 continue
             if op.released:  # checked as the pass reaches each op: a failed pass changes nothing
                 _raise_released(op)
-            if op._checks_saved:
+            if op._checks_saved and op.clock != CHANGES[0]:  # something changed in place since
                 op.check_saved()
             if anomaly:  # rules build ops of their own: check their gradients, not their forwards
                 st.anomaly = False

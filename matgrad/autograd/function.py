@@ -27,9 +27,9 @@ from typing import Any, ClassVar
 
 from matgrad._errors import ArgumentTypeError, BackendError, DTypeError, GraphError, ShapeError
 from matgrad.autograd.grad_mode import no_grad, state
-from matgrad.autograd.graph import Op, _version, raise_modified, record
+from matgrad.autograd.graph import Op, raise_modified, record
 from matgrad.backends.base import Backend, Data
-from matgrad.tensor import Tensor2D, _wrap
+from matgrad.tensor import CHANGES, Tensor2D, _wrap
 
 __all__ = ["Function", "FunctionCtx"]
 
@@ -51,7 +51,7 @@ class FunctionCtx:
 
     def __init__(self) -> None:
         self._saved: tuple[Tensor2D | None, ...] = ()
-        self._versions: tuple[int, ...] = ()
+        self._clock = -1
         self._released = False
         self.materialize_grads = True
 
@@ -64,7 +64,7 @@ class FunctionCtx:
                     "(keep other values as attributes: ctx.alpha = alpha)"
                 )
         self._saved = tensors
-        self._versions = tuple(-1 if t is None else _version(t) for t in tensors)
+        self._clock = CHANGES[0]  # the op's clock: a saved tensor changed after it makes backward refuse
 
     @property
     def saved_tensors(self) -> tuple[Tensor2D | None, ...]:
@@ -106,9 +106,9 @@ class FunctionOp(Op):
 
     def check_saved(self) -> None:
         ctx = self.ctx
-        for k, (t, v) in enumerate(zip(ctx._saved, ctx._versions)):
-            if t is not None and _version(t) != v:
-                raise_modified(self, f"saved tensor #{k}", t, v)
+        for k, t in enumerate(ctx._saved):
+            if t is not None and t._vc is not None and t._vc.clock > self.clock:
+                raise_modified(self, f"saved tensor #{k}", t)
 
     def release(self) -> None:
         super().release()
@@ -296,6 +296,7 @@ class Function:
         if single:
             o = outs[0]
             out = record(op, o._data, o._backend, inputs)
+            op.clock = ctx._clock  # saved in forward, before the op was recorded
             _share_version(out, o)
             op.output_refs = [weakref.ref(out)]
             _connect_saved_outputs(ctx, outs, [out])
@@ -304,6 +305,7 @@ class Function:
         op.n_outputs = len(outs)
         op.grads = [None] * len(outs)
         packed = record(op, be.full(1, 1, 0.0, outs[0].dtype if outs[0].dtype != "int64" else "float32"), be, inputs)
+        op.clock = ctx._clock
         results = []
         for k, o in enumerate(outs):
             r = _Output(op, k, o._data)(packed) if packed.requires_grad else o

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 from matgrad._checks import operands as _operands
 from matgrad._errors import AnomalyError, GraphError, user_site
 from matgrad.autograd.grad_mode import ANOMALY, GRAD, debug, state
-from matgrad.tensor import Tensor2D, _wrap
+from matgrad.tensor import CHANGES, Tensor2D, _wrap
 
 if TYPE_CHECKING:
     from matgrad.backends.base import Backend, Data
@@ -95,6 +95,7 @@ class Op(metaclass=_OpMeta):
     __slots__ = (
         "_out",
         "_scope",
+        "clock",
         "grad_out",
         "inputs",
         "mark",
@@ -125,7 +126,7 @@ class Op(metaclass=_OpMeta):
     saved: Any
     seq: int  # creation order: an op's inputs were all made by ops with smaller numbers
     site: str
-    versions: tuple[int, ...]  # versions of the saved inputs (then the output) when recorded
+    clock: int  # tensor.CHANGES when recorded: if it has not moved since, nothing saved can have changed
     # Engine scratch (no dicts keyed by id() on the hot path): the gradient of this op's output
     # accumulated so far during a backward pass, and the token of the last walk that visited it.
     grad_out: Tensor2D | None
@@ -166,9 +167,9 @@ class Op(metaclass=_OpMeta):
                 isinstance(a, Tensor2D)
                 and isinstance(b, Tensor2D)
                 and a._backend is b._backend
-                and a._data.dtype == b._data.dtype
+                and ((da := a._data.dtype) is (db := b._data.dtype) or da == db)
                 and a._data.shape == b._data.shape
-                and (not self.float_only or a._data.dtype in a._backend.float_types)
+                and (not self.float_only or da in a._backend.float_types)
             ):
                 a, b = _operands(self, args)
             be = a._backend
@@ -176,7 +177,7 @@ class Op(metaclass=_OpMeta):
             mode = state.mode
             if mode == GRAD:
                 if a.requires_grad or b.requires_grad:
-                    _link(self, out, (a, b))
+                    _link(self, out, (a, b), False)
             elif mode:
                 _record_slow(self, out, (a, b), mode)
             return out
@@ -189,7 +190,7 @@ class Op(metaclass=_OpMeta):
             mode = state.mode
             if mode == GRAD:
                 if a.requires_grad:
-                    _link(self, out, (a,))
+                    _link(self, out, (a,), False)
             elif mode:
                 _record_slow(self, out, (a,), mode)
             return out
@@ -250,23 +251,23 @@ class Op(metaclass=_OpMeta):
 
     def check_saved(self) -> None:
         """Raise if a tensor saved for backward was changed in place since the op was recorded."""
+        clock = self.clock
         if self.saves:
-            versions, inputs = self.versions, self.inputs
-            for k, i in enumerate(self.saves):
+            inputs = self.inputs
+            for i in self.saves:
                 vc = inputs[i]._vc
-                if vc is not None and vc.count != versions[k]:
-                    raise_modified(self, f"input #{i}", inputs[i], versions[k])
+                if vc is not None and vc.clock > clock:
+                    raise_modified(self, f"input #{i}", inputs[i])
         if self.saves_output:
             out = self._out()
-            if out is not None and _version(out) != self.versions[-1]:
-                raise_modified(self, "output", out, self.versions[-1])
+            if out is not None and out._vc is not None and out._vc.clock > clock:
+                raise_modified(self, "output", out)
 
     def __repr__(self) -> str:
         return f"<{self.describe()} op>"
 
 
 _object_new = object.__new__
-_ZEROS = [(0,) * n for n in range(8)]
 
 
 def record(op: Op, data: Data, backend: Backend, inputs: tuple[Tensor2D, ...]) -> Tensor2D:
@@ -276,7 +277,7 @@ def record(op: Op, data: Data, backend: Backend, inputs: tuple[Tensor2D, ...]) -
     if mode == GRAD:
         for t in inputs:
             if t.requires_grad:
-                _link(op, out, inputs)
+                _link(op, out, inputs, False)
                 break
     elif mode:
         _record_slow(op, out, inputs, mode)
@@ -288,10 +289,10 @@ def _record_slow(op: Op, out: Tensor2D, inputs: tuple[Tensor2D, ...], mode: int)
     if mode & ANOMALY:
         _check_forward(op, out, inputs)
     if mode & GRAD and True in map(_requires_grad, inputs):
-        _link(op, out, inputs)
+        _link(op, out, inputs, bool(mode & ANOMALY))
 
 
-def _link(op: Op, out: Tensor2D, inputs: tuple[Tensor2D, ...]) -> None:
+def _link(op: Op, out: Tensor2D, inputs: tuple[Tensor2D, ...], anomaly: bool) -> None:
     """Make ``op`` the node that produced ``out``: inputs, what backward will need, its order."""
     op.inputs = inputs
     op.needs_input_grad = tuple(map(_requires_grad, inputs))
@@ -299,17 +300,10 @@ def _link(op: Op, out: Tensor2D, inputs: tuple[Tensor2D, ...]) -> None:
     op.grad_out = None
     op.mark = None
     op.seq = next(_sequence)
+    op.clock = CHANGES[0]  # saved tensors changed after this clock make backward refuse
     if op.saves_output:
         op._out = weakref.ref(out)
-        op.versions = (*[_version(inputs[i]) for i in op.saves], _version(out))
-    elif op.saves:
-        for i in op.saves:  # a storage never changed in place is at version 0: the common case
-            if inputs[i]._vc is not None:
-                op.versions = tuple([_version(inputs[j]) for j in op.saves])
-                break
-        else:
-            op.versions = _ZEROS[len(op.saves)]
-    if debug.on or state.anomaly:
+    if anomaly or debug.on:
         op.site = user_site()
     if _record_hooks:
         for hook in _record_hooks:
@@ -323,13 +317,13 @@ def _version(t: Tensor2D) -> int:
     return 0 if vc is None else vc.count
 
 
-def raise_modified(op: Op, what: str, t: Tensor2D, saved: int) -> None:
+def raise_modified(op: Op, what: str, t: Tensor2D) -> None:
     """The error for a saved tensor changed in place: which op, which tensor, how, and the fix."""
     label = f"{t.nrows}x{t.ncols}" + (f" {t.name!r}" if t.name else "")
     how = (t._vc.changed if t._vc is not None else "") or "an in-place change"
     raise GraphError(
         f"backward through {op.describe()}: its {what} ({label}) was modified by {how} after "
-        f"{op.describe()} saved it for backward (version {_version(t)}, saved at version {saved}){_site_of(op)}; "
+        f"{op.describe()} saved it for backward (now at version {_version(t)}){_site_of(op)}; "
         "the gradient would be wrong. Change it after backward, or give the op a copy (x.clone()) "
         "and change the original"
     )
