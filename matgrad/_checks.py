@@ -180,7 +180,7 @@ def operands(op: Op, args: tuple[Any, ...]) -> tuple[Tensor2D, ...]:
             raise ArgumentTypeError(f"{op.describe()}: expected Tensor2D operands, got {type(t).__name__}")
         if t._backend is not first._backend or t._data.dtype != first._data.dtype:
             same_storage(op.describe(), first, t)
-    if op.float_only:
+    if op.float_only and first._data.dtype not in first._backend.float_types:
         need_float(op.describe(), first)
     return args
 

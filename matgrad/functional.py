@@ -14,6 +14,7 @@ from matgrad import _checks
 from matgrad import backends as _backends
 from matgrad._checks import fmt as _fmt
 from matgrad._errors import ArgumentError, ArgumentTypeError, BackendError, ShapeError
+from matgrad.autograd.grad_mode import GRAD
 from matgrad.autograd.grad_mode import state as _state
 from matgrad.autograd.graph import Op
 from matgrad.backends.base import Backend, Data
@@ -219,7 +220,7 @@ class CrossEntropy(Op):
     def backward(self, grad: Tensor2D, x: Tensor2D) -> tuple[Tensor2D | None, ...]:
         be = x._backend
         n = x.shape[0]
-        if _state.grad_enabled:  # create_graph: the softmax must itself be differentiable
+        if _state.mode & GRAD:  # create_graph: the softmax must itself be differentiable
             index = be.indices(self.targets)
             onehot = _wrap(be.pick_adjoint(be.full(n, 1, 1.0, x.dtype), n, x.shape[1], None, index), be)
             return ((softmax(x, 1) - onehot) * (grad / float(n) if self.reduction == "mean" else grad),)
@@ -451,7 +452,7 @@ class Dropout(Op):
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         be = grad._backend
-        if not (_state.grad_enabled or _state.anomaly):
+        if not _state.mode:
             return (_wrap(be.keep(be.mul(grad._data, self.scale), self.mask), be),)
         return (Where()(_wrap(self.mask, be), grad * self.scale, 0.0),)
 

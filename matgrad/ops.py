@@ -67,14 +67,14 @@ TensorLike = Union[Tensor2D, int, float]
 def _recording() -> bool:
     """True when a rule's result must itself be recorded (create_graph) or checked (anomaly)."""
     st = _state
-    return st.grad_enabled or st.anomaly
+    return bool(st.mode)
 
 
 def _select(mask: Data, grad: Tensor2D) -> Tensor2D:
     """``where(mask, grad, 0)`` for a 0/1 ``mask`` built by ``compare``: one kernel unless it must be recorded."""
     be = grad._backend
     st = _state
-    if not (st.grad_enabled or st.anomaly):
+    if not st.mode:
         return _wrap(be.keep(grad._data, mask), be)
     return Where()(_wrap(mask, be), grad, 0.0)
 
@@ -498,7 +498,7 @@ class MatMul(Op):
 def gemm(a: Tensor2D, b: Tensor2D, trans_a: bool = False, trans_b: bool = False) -> Tensor2D:
     """``op(a) @ op(b)`` without materialising the transposes (used by backward rules)."""
     st = _state
-    if not (st.grad_enabled or st.anomaly):  # backward without create_graph: the kernel alone
+    if not st.mode:  # backward without create_graph: the kernel alone
         be = a._backend
         return _wrap(be.matmul(a._data, b._data, trans_a, trans_b), be)
     return MatMul(trans_a, trans_b)(a, b)

@@ -558,7 +558,7 @@ class Tensor2D:
 
     # -- in place (optimisers and initialisers, under no_grad) --------------------------------
     def _check_inplace(self, name: str) -> None:
-        if self.requires_grad and _grad_mode.state.grad_enabled:
+        if self.requires_grad and _grad_mode.state.mode & _grad_mode.GRAD:
             raise GraphError(
                 f"{name}: in-place change of a tensor that requires grad while the graph is being "
                 "recorded; do it under `with matgrad.no_grad():`"

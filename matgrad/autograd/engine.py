@@ -17,7 +17,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from matgrad._errors import AnomalyError, ArgumentTypeError, GraphError
-from matgrad.autograd.grad_mode import state
+from matgrad.autograd.grad_mode import ANOMALY, GRAD, state
 from matgrad.tensor import CHANGES, Tensor2D, _wrap
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def _sum_to(g: Tensor2D, shape: tuple[int, int], op: Op) -> Tensor2D:
     axis: Literal[0, 1] | None = (
         None if (r == 1 and gr != 1 and c == 1 and gc != 1) else 0 if (r == 1 and gr != 1) else 1
     )
-    if state.grad_enabled:  # create_graph: the reduction must be part of the gradient's graph
+    if state.mode & GRAD:  # create_graph: the reduction must be part of the gradient's graph
         return g.sum(axis=axis)
     return _wrap(g._backend.sum(g._data, axis), g._backend)
 
@@ -155,9 +155,9 @@ def _propagate(
         _accumulate(root, seed, at_leaves)
     found: list[tuple[Tensor2D, Tensor2D]] = []
     st = state
-    anomaly = st.anomaly
-    saved_mode = st.grad_enabled
-    st.grad_enabled = create_graph
+    saved_mode = st.mode
+    anomaly = bool(saved_mode & ANOMALY)
+    st.mode = (saved_mode | GRAD) if create_graph else (saved_mode & ~GRAD)
     try:
         for node in reversed(order):
             op = node._op
@@ -180,11 +180,11 @@ def _propagate(
             if op._checks_saved and op.clock != CHANGES[0]:  # something changed in place since
                 op.check_saved()
             if anomaly:  # rules build ops of their own: check their gradients, not their forwards
-                st.anomaly = False
+                st.mode &= ~ANOMALY
                 try:
                     in_grads = op.backward(g, *op.inputs)
                 finally:
-                    st.anomaly = True
+                    st.mode |= ANOMALY
             else:
                 in_grads = op.backward(g, *op.inputs)
             for i, (inp, need, ig) in enumerate(zip(op.inputs, op.needs_input_grad, in_grads)):
@@ -208,7 +208,7 @@ def _propagate(
                 node._op.clear()
         raise
     finally:
-        st.grad_enabled = saved_mode
+        st.mode = saved_mode
     return found
 
 
@@ -239,11 +239,11 @@ def _own(g: Tensor2D, taken: set[int], create_graph: bool) -> Tensor2D:
 
 class _GradOn:
     def __enter__(self) -> None:
-        self.prev = state.grad_enabled
-        state.grad_enabled = True
+        self.prev = state.mode
+        state.mode = self.prev | GRAD
 
     def __exit__(self, *exc: object) -> None:
-        state.grad_enabled = self.prev
+        state.mode = self.prev
 
 
 def _release(order: list[Tensor2D]) -> None:
@@ -252,8 +252,20 @@ def _release(order: list[Tensor2D]) -> None:
             node._op.release()
 
 
-def _fresh_one(root: Tensor2D) -> Tensor2D:
-    return _wrap(root._backend.full(1, 1, 1.0, root.dtype), root._backend)
+_ONES: dict[tuple[Any, str], Tensor2D] = {}
+
+
+def _one(root: Tensor2D) -> Tensor2D:
+    """The engine's 1x1 seed for ``root``'s backend and dtype, made once.
+
+    Never handed out: ``backward`` and ``grad`` count its storage as taken, so a gradient that
+    is the seed itself (a pass-through rule) reaches the user as a copy.
+    """
+    key = (root._backend, root.dtype)
+    one = _ONES.get(key)
+    if one is None:
+        one = _ONES[key] = _wrap(root._backend.full(1, 1, 1.0, root.dtype), root._backend)
+    return one
 
 
 def _seed_grad(root: Tensor2D, g: Any, where: str) -> Tensor2D:
@@ -264,7 +276,7 @@ def _seed_grad(root: Tensor2D, g: Any, where: str) -> Tensor2D:
                 "is ambiguous; reduce it first (out.sum(), out.mean()) or pass grad= a tensor "
                 "of the same shape"
             )
-        return _fresh_one(root)  # fresh every call: no gradient a user receives aliases engine state
+        return _one(root)
     if not isinstance(g, Tensor2D):
         try:
             g = Tensor2D(g, dtype=root.dtype, backend=root.backend)
@@ -297,7 +309,7 @@ def backward(
         order = _topological_order([tensor])
         found = _propagate(order, [tensor], [seed], create_graph, None)
         # All or nothing: .grad is written only once every rule has run.
-        taken = {seed._backend.storage(seed._data)} if grad is not None else set()
+        taken = {seed._backend.storage(seed._data)}  # the caller's grad, or the engine's seed
         for node, g in found:
             if not create_graph and g.requires_grad:
                 g = g.detach()
@@ -374,7 +386,7 @@ def grad(
             _release(order)
     # The user's own grad_outputs may pass through (PyTorch documents it); nothing else is shared.
     passed = {s._backend.storage(s._data) for s, given in zip(seeds, seeds_in) if given is not None}
-    taken: set[int] = set()
+    taken = {s._backend.storage(s._data) for s, given in zip(seeds, seeds_in) if given is None}  # engine seeds
     result: list[Tensor2D | None] = []
     for t in ins:
         g = found.get(id(t))

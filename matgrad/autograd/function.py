@@ -26,7 +26,7 @@ import weakref
 from typing import Any, ClassVar
 
 from matgrad._errors import ArgumentTypeError, BackendError, DTypeError, GraphError, ShapeError
-from matgrad.autograd.grad_mode import no_grad, state
+from matgrad.autograd.grad_mode import GRAD, no_grad, state
 from matgrad.autograd.graph import Op, raise_modified, record
 from matgrad.backends.base import Backend, Data
 from matgrad.tensor import CHANGES, Tensor2D, _wrap
@@ -149,7 +149,7 @@ class FunctionOp(Op):
         out: list[Tensor2D | None] = []
         for g in grads:
             if g is not None and g._backend.storage(g._data) in held:
-                g = g.clone() if state.grad_enabled else _wrap(g._backend.copy(g._data), g._backend)
+                g = g.clone() if state.mode & GRAD else _wrap(g._backend.copy(g._data), g._backend)
             out.append(g)
         return tuple(out)
 
@@ -290,7 +290,7 @@ class Function:
                 f"{cls.__name__}.forward (defined at {_defined_at(cls.forward)}) returned {got}; "
                 "forward must return a Tensor2D or a tuple of them"
             )
-        if not (state.grad_enabled and True in (t.requires_grad for t in inputs)):
+        if not (state.mode & GRAD and True in (t.requires_grad for t in inputs)):
             return result if single else tuple(outs)
         op = _op_class(cls)(cls, ctx, args, kwargs)
         if single:

@@ -33,20 +33,29 @@ GRAD, ANOMALY = 1, 2  # the bits of ``state.mode``
 
 
 class _ThreadState(threading.local):
-    """Per-thread switches; the class attributes are every new thread's defaults.
+    """Per-thread switches, held as the bits of one int, ``mode`` (``GRAD | ANOMALY``).
 
-    ``mode`` holds both switches as bits (``GRAD | ANOMALY``), kept in step on every write, so
-    the apply path reads one thread-local attribute per op, not two.
+    The apply path reads ``mode`` once per op; ``grad_enabled`` and ``anomaly`` read and write
+    single bits. The class attribute is every new thread's default: grad on, anomaly off.
     """
 
-    grad_enabled: bool = True
-    anomaly: bool = False
     mode: int = GRAD
 
-    def __setattr__(self, name: str, value: object) -> None:
-        super().__setattr__(name, value)
-        if name != "mode":
-            super().__setattr__("mode", (GRAD if self.grad_enabled else 0) | (ANOMALY if self.anomaly else 0))
+    @property
+    def grad_enabled(self) -> bool:
+        return bool(self.mode & GRAD)
+
+    @grad_enabled.setter
+    def grad_enabled(self, on: bool) -> None:
+        self.mode = (self.mode | GRAD) if on else (self.mode & ~GRAD)
+
+    @property
+    def anomaly(self) -> bool:
+        return bool(self.mode & ANOMALY)
+
+    @anomaly.setter
+    def anomaly(self, on: bool) -> None:
+        self.mode = (self.mode | ANOMALY) if on else (self.mode & ~ANOMALY)
 
 
 state = _ThreadState()

@@ -203,11 +203,21 @@ class Op(metaclass=_OpMeta):
             data = self.forward(be, inputs[0]._data)
         elif n == 2:
             data = self.forward(be, inputs[0]._data, inputs[1]._data)
+        elif n == 3:
+            data = self.forward(be, inputs[0]._data, inputs[1]._data, inputs[2]._data)
         else:
             data = self.forward(be, *[t._data for t in inputs])
         if self._moves:
             be = self.result_backend(be)
-        out = record(self, data, be, inputs)
+        out = _wrap(data, be)
+        mode = state.mode  # record(), inlined
+        if mode == GRAD:
+            for t in inputs:
+                if t.requires_grad:
+                    _link(self, out, inputs, False)
+                    break
+        elif mode:
+            _record_slow(self, out, inputs, mode)
         if self.views and be.aliases(data, inputs[0]._data):
             out._vc = inputs[0]._version_counter()
         return out

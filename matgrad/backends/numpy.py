@@ -174,14 +174,14 @@ class NumpyBackend(Backend):
         return out
 
     def keep(self, a: Any, mask: Any) -> Any:
-        # A multiply is 4x faster than where; it differs from selection only where a is not
-        # finite and the mask is 0 (inf * 0 = nan), which a non-finite sum reveals.
-        with self.xp.errstate(over="ignore", invalid="ignore"):  # the multiply too: inf * 0 warns
-            out = self.xp.multiply(a, mask)
-            if math.isfinite(self.xp.add.reduce(out, axis=None)):
-                self.xp.add(out, 0.0, out=out)  # -1.5 * 0 is -0.0; selection gives +0.0
-                return out
-        return self.xp.where(mask != 0, a, self.xp.zeros((), a.dtype))
+        # A multiply is 2-4x faster than where, and selects exactly when ``a`` is finite (inf * 0
+        # would be nan, with a warning). No errstate: entering one costs more than the check.
+        xp = self.xp
+        if xp.isfinite(a).all():
+            out = xp.multiply(a, mask)
+            xp.add(out, 0.0, out=out)  # -1.5 * 0 is -0.0; selection gives +0.0
+            return out
+        return xp.where(mask != 0, a, xp.zeros((), a.dtype))
 
     def _sigmoid(self, a: Any) -> Any:
         # exp(-|x|) never overflows; 1 / (1 + exp(-x)) would at x = -1000.

@@ -8,6 +8,7 @@ exactly as PyTorch would, and ``load_state_dict`` can read a PyTorch checkpoint 
 from __future__ import annotations
 
 import numbers
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, TypeVar
 
@@ -22,6 +23,7 @@ __all__ = [
     "IncompatibleKeys",
     "Module",
     "Parameter",
+    "module_stack",
     "register_module_forward_hook",
     "register_module_forward_pre_hook",
 ]
@@ -144,6 +146,21 @@ def _check_name(method: str, kind: str, owner: Module, name: Any) -> None:
         raise AttributeError(f"cannot register a {kind} before Module.__init__() is called")
 
 
+class _Calls(threading.local):
+    stack: tuple[Any, ...] = ()
+
+
+_calls = _Calls()
+
+
+def module_stack() -> tuple[Module, ...]:
+    """The modules being called in this thread, outermost first (``()`` outside any ``forward``).
+
+    What the diagrams' module clusters are made of: ``matgrad.viz.scope`` stamps it on each op.
+    """
+    return _calls.stack
+
+
 PreHook = Callable[["Module", tuple[Any, ...]], Any]
 Hook = Callable[["Module", tuple[Any, ...], Any], Any]
 _global_pre_hooks: list[PreHook] = []
@@ -194,6 +211,17 @@ class Module:
         raise NotImplementedError(f'Module [{self._get_name()}] is missing the required "forward" function')
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        calls = _calls
+        outer = calls.stack
+        calls.stack = (*outer, self)
+        try:
+            if _global_pre_hooks or _global_hooks or "_hooks" in self.__dict__:
+                return self._call_with_hooks(args, kwargs)
+            return self.forward(*args, **kwargs)
+        finally:
+            calls.stack = outer
+
+    def _call_with_hooks(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         own = self.__dict__.get("_hooks")
         if own is None:
             if not (_global_pre_hooks or _global_hooks):
