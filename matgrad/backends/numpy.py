@@ -11,7 +11,7 @@ import math
 from typing import Any, Literal, Sequence
 
 from matgrad._errors import TensorIndexError
-from matgrad.backends.base import Axis, Backend, Index, Operand
+from matgrad.backends.base import Axis, Backend, Index, Operand, Window
 
 __all__ = ["NumpyBackend"]
 
@@ -235,6 +235,91 @@ class NumpyBackend(Backend):
 
     def cat(self, parts: Sequence[Any], axis: Literal[0, 1]) -> Any:
         return self.xp.concatenate(parts, axis=axis)
+
+    # -- images: sliding windows --------------------------------------------------------------
+    # One strided slice per kernel tap (kh * kw of them): each reads or writes the tap's element
+    # of every window at once. Measured against a gather with precomputed indices, a scatter with
+    # bincount and sliding_window_view (benchmarks/cnn_compare.py --kernels), this was the fastest
+    # or level, and it needs only slicing, permute_dims and reshape from the Array API.
+    def _padded(self, a: Any, w: Window, value: float) -> Any:
+        """``a`` as ``(B, C, H + 2 ph, W + 2 pw)`` with ``value`` in the border (a view when unpadded)."""
+        xp = self.xp
+        x = xp.reshape(a, (a.shape[0], w.channels, w.height, w.width))
+        if w.ph == 0 and w.pw == 0:
+            return x
+        out = xp.full((a.shape[0], w.channels, w.height + 2 * w.ph, w.width + 2 * w.pw), value, dtype=a.dtype)
+        out[:, :, w.ph : w.ph + w.height, w.pw : w.pw + w.width] = x
+        return out
+
+    @staticmethod
+    def _tap(w: Window, i: int, j: int) -> tuple[slice, slice]:
+        """The rows and columns of the padded images that kernel tap ``(i, j)`` reads, one per window position."""
+        rows = slice(i * w.dh, i * w.dh + w.sh * (w.out_h - 1) + 1, w.sh)
+        cols = slice(j * w.dw, j * w.dw + w.sw * (w.out_w - 1) + 1, w.sw)
+        return rows, cols
+
+    def _unpadded(self, x: Any, w: Window) -> Any:
+        """``(B, C, Hp, Wp)`` padded images back to ``(B, C*H*W)`` rows (the border dropped)."""
+        if w.ph or w.pw:
+            x = x[:, :, w.ph : w.ph + w.height, w.pw : w.pw + w.width]
+        return self.xp.reshape(x, (x.shape[0], w.image_size))  # copies a cropped view into rows
+
+    def unfold(self, a: Any, window: Window, pad_value: float = 0.0) -> Any:
+        xp, w = self.xp, window
+        x = self._padded(a, w, pad_value)
+        out = xp.empty((a.shape[0], w.out_h, w.out_w, w.channels, w.kh, w.kw), dtype=a.dtype)
+        for i in range(w.kh):
+            for j in range(w.kw):
+                rows, cols = self._tap(w, i, j)
+                out[:, :, :, :, i, j] = xp.permute_dims(x[:, :, rows, cols], (0, 2, 3, 1))
+        return xp.reshape(out, (a.shape[0] * w.positions, w.patch_size))
+
+    def fold(self, a: Any, window: Window) -> Any:
+        xp, w = self.xp, window
+        n = a.shape[0] // w.positions
+        patches = xp.reshape(a, (n, w.out_h, w.out_w, w.channels, w.kh, w.kw))
+        out = xp.zeros((n, w.channels, w.height + 2 * w.ph, w.width + 2 * w.pw), dtype=a.dtype)
+        for i in range(w.kh):
+            for j in range(w.kw):
+                rows, cols = self._tap(w, i, j)  # one tap never visits a position twice: += is safe
+                out[:, :, rows, cols] += xp.permute_dims(patches[:, :, :, :, i, j], (0, 3, 1, 2))
+        return self._unpadded(out, w)
+
+    def block_transpose(self, a: Any, p: int, q: int) -> Any:
+        xp = self.xp
+        n = a.shape[0] * a.shape[1] // (p * q)
+        blocks = xp.permute_dims(xp.reshape(a, (n, p, q)), (0, 2, 1))
+        return xp.reshape(blocks, (n, q * p))  # reshaping the permuted view copies it, row-major
+
+    def max_pool(self, a: Any, window: Window) -> Any:
+        xp, w = self.xp, window
+        x = self._padded(a, w, -math.inf)
+        out = None
+        for i in range(w.kh):
+            for j in range(w.kw):
+                rows, cols = self._tap(w, i, j)
+                tap = x[:, :, rows, cols]
+                out = xp.asarray(tap, copy=True) if out is None else xp.maximum(out, tap)
+        return xp.reshape(out, (a.shape[0], w.channels * w.positions))
+
+    def max_pool_adjoint(self, a: Any, out: Any, g: Any, window: Window) -> Any:
+        xp, w = self.xp, window
+        x = self._padded(a, w, -math.inf)
+        shape = (a.shape[0], w.channels, w.out_h, w.out_w)
+        top = xp.reshape(out, shape)
+        hits, count = [], xp.zeros(shape, dtype=a.dtype)
+        for i in range(w.kh):
+            for j in range(w.kw):
+                rows, cols = self._tap(w, i, j)
+                hit = x[:, :, rows, cols] == top
+                hits.append(hit)
+                count += xp.astype(hit, a.dtype)
+        share = xp.reshape(g, shape) / xp.where(count > 0, count, 1.0)  # a NaN window has no maximum
+        grad = xp.zeros(x.shape, dtype=a.dtype)
+        for k, (i, j) in enumerate((i, j) for i in range(w.kh) for j in range(w.kw)):
+            rows, cols = self._tap(w, i, j)
+            grad[:, :, rows, cols] += xp.where(hits[k], share, 0.0)
+        return self._unpadded(grad, w)
 
     # -- reductions ---------------------------------------------------------------------------
     # ufunc.reduce directly: np.sum / np.max add a Python wrapper (~2 us) per call.
