@@ -12,8 +12,8 @@ byte for byte the memory of PyTorch's ``(B, C, H, W)`` tensor. Nothing here leav
 * ``fold`` (col2im) sums patches back into images: it is ``unfold``'s adjoint, so each is the
   other's backward pass, ``<fold(P), X> = <P, unfold(X)>``.
 
-Max pooling is one fused op (its own kernels, measured faster than unfold + max); average
-pooling is ``unfold`` then a row mean.
+Max pooling is one fused op with its own kernels (measured faster than ``unfold`` then ``max``);
+average pooling is one op over ``unfold`` and a row sum, its gradient ``fold``.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from matgrad._errors import ArgumentError, ArgumentTypeError, ShapeError
 from matgrad.autograd.grad_mode import state as _state
 from matgrad.autograd.graph import Op
 from matgrad.backends.base import Backend, Data, Window
-from matgrad.ops import Where
+from matgrad.ops import Where, expand
 from matgrad.tensor import Tensor2D, _wrap
 
 __all__ = [
+    "AvgPool2d",
     "BlockTranspose",
     "Fold",
     "MaxPool2d",
@@ -60,8 +61,12 @@ def _describe(w: Window, name: str) -> str:
     return f"{name}({', '.join(parts)})"
 
 
-def _image(w: Window) -> str:
-    return f"{w.channels}x{w.height}x{w.width}"
+def _check_images(name: str, w: Window, x: Tensor2D) -> None:
+    if x.ncols != w.image_size:
+        raise ShapeError(
+            f"{name}: input is {_fmt(x.shape)} but {w.channels}x{w.height}x{w.width} images need rows of "
+            f"{w.image_size} values (C*H*W); check image_size and the channel count"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,12 +92,7 @@ class Unfold(Op):
         return _describe(self.window, "unfold")
 
     def check(self, x: Tensor2D) -> None:
-        w = self.window
-        if x.ncols != w.image_size:
-            raise ShapeError(
-                f"{self.describe()}: input is {_fmt(x.shape)} but {_image(w)} images need rows of "
-                f"{w.image_size} values (C*H*W); check image_size and the channel count"
-            )
+        _check_images(self.describe(), self.window, x)
 
     def forward(self, be: Backend, x: Data) -> Data:
         return be.unfold(x, self.window)
@@ -142,12 +142,18 @@ class BlockTranspose(Op):
     its gradient is the inverse permutation.
     """
 
-    __slots__ = ("p", "q", "shape")
+    __slots__ = ("image", "p", "q", "shape")
     name = "block_transpose"
     float_only = False
 
-    def __init__(self, p: int, q: int, shape: tuple[int, int]) -> None:
+    def __init__(self, p: int, q: int, shape: tuple[int, int], image: tuple[int, int, int] | None = None) -> None:
         self.p, self.q, self.shape = p, q, shape
+        self.image = image  # (C, H, W) of the output's image rows, when known: for diagrams
+
+    @property
+    def output_image(self) -> tuple[int, int, int] | None:
+        """``(C, H, W)`` of the images in the output's rows, when the caller said (``conv2d`` does)."""
+        return self.image
 
     def describe(self) -> str:
         if self.shape[1] == self.p * self.q:  # (B*L, C) -> (B, C*L)
@@ -192,12 +198,12 @@ class MaxPool2d(Op):
         return _describe(self.window, "max_pool2d")
 
     def check(self, x: Tensor2D) -> None:
-        w = self.window
-        if x.ncols != w.image_size:
-            raise ShapeError(
-                f"{self.describe()}: input is {_fmt(x.shape)} but {_image(w)} images need rows of "
-                f"{w.image_size} values (C*H*W)"
-            )
+        _check_images(self.describe(), self.window, x)
+
+    @property
+    def output_image(self) -> tuple[int, int, int]:
+        """``(C, H_out, W_out)``: the images in the output's rows."""
+        return self.window.channels, self.window.out_h, self.window.out_w
 
     def forward(self, be: Backend, x: Data) -> Data:
         return be.max_pool(x, self.window)
@@ -215,6 +221,59 @@ class MaxPool2d(Op):
         share = grad.reshape(rows, 1) / _wrap(be.where(count, count, 1.0), be)
         selected = Where()(_wrap(hits, be), share, 0.0)
         return (Fold(plane)(selected).reshape(x.nrows, w.image_size),)
+
+
+class AvgPool2d(Op):
+    """``Y[b, c, l] = sum(X over window l of channel c) / n_l``;  ``dX = fold(G / n)``: each window's share spread over it.
+
+    ``n_l = kh*kw`` (padding counts as zeros), or with ``count_include_pad=False`` the window's
+    positions inside the image. Linear, so its gradient is its adjoint: ``fold`` of ``G / n``
+    repeated across each window's ``kh*kw`` patch columns.
+    """
+
+    __slots__ = ("counts", "include_pad", "window")
+    name = "avg_pool2d"
+
+    def __init__(self, window: Window, include_pad: bool = True) -> None:
+        self.window = window
+        self.include_pad = include_pad
+        self.counts: Any = None
+
+    def describe(self) -> str:
+        return _describe(self.window, "avg_pool2d")
+
+    @property
+    def output_image(self) -> tuple[int, int, int]:
+        """``(C, H_out, W_out)``: the images in the output's rows."""
+        return self.window.channels, self.window.out_h, self.window.out_w
+
+    def check(self, x: Tensor2D) -> None:
+        _check_images(self.describe(), self.window, x)
+
+    def _counts(self, be: Backend, planes: int, dtype: str) -> Any:
+        """``kh*kw``, or the ``(planes*L, 1)`` column of each window's positions inside the image."""
+        w = self.window
+        if self.include_pad:
+            return float(w.kh * w.kw)
+        if self.counts is None or be.dtype(self.counts) != dtype or self.counts.shape[0] != planes * w.positions:
+            ones = be.full(planes, w.height * w.width, 1.0, dtype)
+            self.counts = be.sum(be.unfold(ones, w._replace(channels=1)), 1)
+        return self.counts
+
+    def forward(self, be: Backend, x: Data) -> Data:
+        w = self.window
+        b = x.shape[0]
+        plane = w._replace(channels=1)  # each channel pooled as an image of its own: (B*C, H*W)
+        sums = be.sum(be.unfold(be.reshape(x, b * w.channels, w.height * w.width), plane), 1)
+        return be.reshape(be.div(sums, self._counts(be, b * w.channels, be.dtype(x))), b, w.channels * w.positions)
+
+    def backward(self, grad: Tensor2D, x: Tensor2D) -> tuple[Tensor2D | None, ...]:
+        w, be = self.window, x._backend
+        rows, planes = x.nrows * w.channels * w.positions, x.nrows * w.channels
+        counts = self._counts(be, planes, x.dtype)
+        share = grad.reshape(rows, 1) / (counts if isinstance(counts, float) else _wrap(counts, be))
+        spread = expand(share, rows, w.kh * w.kw)
+        return (Fold(w._replace(channels=1))(spread).reshape(x.nrows, w.image_size),)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,7 +480,8 @@ def conv2d(
 
     patches = Unfold(window)(x)
     out = linear(patches, w) if bias is None else linear(patches, w, bias)
-    return BlockTranspose(window.positions, w.nrows, (x.nrows, w.nrows * window.positions))(out)
+    image = (w.nrows, window.out_h, window.out_w)
+    return BlockTranspose(window.positions, w.nrows, (x.nrows, w.nrows * window.positions), image)(out)
 
 
 def max_pool2d(
@@ -454,18 +514,11 @@ def avg_pool2d(
 ) -> Tensor2D:
     """The mean of each window of each channel: ``(B, C*H*W)`` to ``(B, C*H_out*W_out)``.
 
-    ``unfold`` of each channel as an image of its own, then a row mean; its gradient spreads
-    ``G / (kh*kw)`` over the window (``fold``). ``count_include_pad=False`` divides by the
-    window's positions inside the image instead, as PyTorch's option.
+    As ``torch.nn.functional.avg_pool2d``: padding counts as zeros in the mean, unless
+    ``count_include_pad=False`` divides by the window's positions inside the image.
     """
     x = _checks.tensor("avg_pool2d", input)
+    if not isinstance(count_include_pad, bool):
+        raise ArgumentTypeError(f"avg_pool2d: count_include_pad must be a bool, got {count_include_pad!r}")
     window = _pool_window("avg_pool2d", _image_size("avg_pool2d", x, image_size), kernel_size, stride, padding)
-    plane = window._replace(channels=1)
-    patches = Unfold(plane)(x.reshape(x.nrows * window.channels, window.height * window.width))
-    if count_include_pad or not (window.ph or window.pw):
-        pooled = patches.mean(axis=1)
-    else:
-        be = x._backend
-        inside = be.sum(be.unfold(be.full(x.nrows * window.channels, window.height * window.width, 1.0, x.dtype), plane), 1)
-        pooled = patches.sum(axis=1) / _wrap(inside, be)
-    return pooled.reshape(x.nrows, window.channels * window.positions)
+    return AvgPool2d(window, count_include_pad or not (window.ph or window.pw))(x)

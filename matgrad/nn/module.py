@@ -7,6 +7,7 @@ exactly as PyTorch would, and ``load_state_dict`` can read a PyTorch checkpoint 
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections import OrderedDict
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, TypeVar
@@ -415,7 +416,8 @@ class Module:
 
         Values may be Tensor2D or 2-D arrays of any dtype and backend (converted to the
         parameter's); a 1-D value of length n fills a (1, n) parameter (PyTorch stores biases
-        1-D). Nothing is copied unless every entry fits: a ``CheckpointError`` lists every
+        1-D), and an (n, d1, d2, ...) value an (n, d1*d2*...) one, row-major (PyTorch's 4-D
+        convolution weights). Nothing is copied unless every entry fits: a ``CheckpointError`` lists every
         missing, unexpected (when ``strict``) and mis-shaped key. Returns
         ``(missing_keys, unexpected_keys)``.
         """
@@ -444,7 +446,9 @@ class Module:
         for key, value in entries.items():
             param = own[key]
             shape = tuple(int(s) for s in value.shape)
-            if shape != param.shape and not (len(shape) == 1 and param.nrows == 1 and shape[0] == param.ncols):
+            if shape != param.shape and not (len(shape) == 1 and param.nrows == 1 and shape[0] == param.ncols) and not (
+                len(shape) > 2 and shape[0] == param.nrows and math.prod(shape[1:]) == param.ncols
+            ):
                 mismatched.append(f"{key}: the checkpoint has {_fmt(shape)}, the model has {_fmt(param.shape)}")
         problems: list[str] = []
         if strict and missing:
@@ -484,8 +488,8 @@ class Module:
             if value._backend is param._backend and value.dtype == param.dtype:
                 return value
             return Tensor2D(value, dtype=param.dtype, backend=param._backend)
-        if len(value.shape) == 1:
-            value = value.reshape(1, param.ncols)
+        if len(value.shape) != 2:  # a 1-D bias is a row; a conv weight (out, in, kh, kw) is (out, in*kh*kw)
+            value = value.reshape(param.nrows, param.ncols)
         return Tensor2D(value, dtype=param.dtype, backend=param._backend)
 
     # -- conversion -----------------------------------------------------------------------------
