@@ -1,6 +1,7 @@
 """The ``matgrad`` command: train an MLP on MNIST, evaluate a checkpoint, draw graphs, show setup.
 
     matgrad train                      # the shipped 5,000-image sample, MLP 784-128-10, SGD
+    matgrad train --model cnn          # a small CNN (two conv layers), Adam
     matgrad train --data DIR --epochs 3 --save model.safetensors
     matgrad eval --model model.safetensors
     matgrad graph --hidden 128,64 -o mlp.svg
@@ -105,12 +106,23 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--download", action="store_true", help="download MNIST into --data (or the cache) if missing")
         p.add_argument("--backend", choices=["numpy", "python"], help="matrix backend (default: numpy if installed)")
 
-    train = sub.add_parser("train", help="train an MLP on MNIST", description="Train an MLP on MNIST.")
+    train = sub.add_parser(
+        "train", help="train an MLP or a CNN on MNIST", description="Train an MLP (or, with --model cnn, a CNN) on MNIST."
+    )
     data_options(train)
-    train.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training set (default 10)")
+    train.add_argument(
+        "--model", choices=list(MODELS), default="mlp", help="mlp (784-128-10) or cnn (two conv layers); default mlp"
+    )
+    train.add_argument(
+        "--epochs", type=_positive_int, help="passes over the training set (default 10 for mlp, 6 for cnn)"
+    )
     train.add_argument("--batch-size", type=_positive_int, default=64, help="examples per step (default 64)")
-    train.add_argument("--lr", type=_non_negative_float, default=0.05, help="learning rate (default 0.05)")
-    train.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimiser (default sgd)")
+    train.add_argument(
+        "--lr", type=_non_negative_float, help="learning rate (default 0.05, or 0.002 for the cnn's Adam)"
+    )
+    train.add_argument(
+        "--optimizer", choices=["sgd", "adam"], help="optimiser (default sgd for mlp, adam for cnn)"
+    )
     train.add_argument("--momentum", type=_non_negative_float, default=0.9, help="SGD momentum (default 0.9)")
     train.add_argument(
         "--hidden", type=_hidden_sizes, default=[128], metavar="SIZES", help="hidden layer sizes (default 128)"
@@ -127,6 +139,7 @@ def _build_parser() -> argparse.ArgumentParser:
     data_options(ev)
 
     graph = sub.add_parser("graph", help="draw an MLP's loss graph", description="Draw an untrained MLP's loss graph.")
+    graph.add_argument("--model", choices=list(MODELS), default="mlp", help="mlp or cnn (default mlp)")
     graph.add_argument("--hidden", type=_hidden_sizes, default=[128], metavar="SIZES", help="hidden sizes (128,64)")
     graph.add_argument("-o", "--output", default="mlp.svg", metavar="FILE", help="output file (default mlp.svg)")
     graph.add_argument("--batch-size", type=_positive_int, default=8, help="rows in the example batch (default 8)")
@@ -157,6 +170,67 @@ def _load_data(args: argparse.Namespace) -> Any:
 
 def _mlp_metadata(sizes: Sequence[int]) -> dict[str, str]:
     return {"format": "matgrad.nn.MLP", "sizes": ",".join(map(str, sizes)), "activation": "relu"}
+
+
+# -- models -------------------------------------------------------------------------------------
+
+# The recipe of each model: epochs, optimiser and its learning rate when not given. The cnn's
+# Adam learning rate also decays to 0 along a cosine over the epochs (CosineAnnealingLR).
+MODELS = {"mlp": (10, "sgd", 0.05), "cnn": (6, "adam", 0.002)}
+CNN_CHANNELS = (16, 32)
+
+
+def _image_size(width: int) -> tuple[int, int]:
+    side = int(round(width**0.5))
+    if side * side != width:
+        raise CommandError(f"--model cnn needs square images; these rows hold {width} pixels")
+    return side, side
+
+
+def build_cnn(image_size: tuple[int, int], hidden: Sequence[int], channels: Sequence[int] = CNN_CHANNELS) -> Any:
+    """The CLI's CNN: ``[Conv2d 5x5, ReLU, MaxPool2d 2] per channel count, Flatten, [Linear, ReLU] per hidden size, Linear``.
+
+    For 28x28 MNIST, ``conv(1->16, 5) relu pool conv(16->32, 5) relu pool flatten linear(512->128)
+    relu linear(128->10)``: the same ``torch.nn.Sequential`` loads its checkpoints.
+    """
+    from matgrad import nn
+
+    layers: list[Any] = []
+    c_in = 1
+    for i, c in enumerate(channels):
+        layers += [nn.Conv2d(c_in, c, 5, image_size=image_size if i == 0 else None), nn.ReLU(), nn.MaxPool2d(2)]
+        c_in = c
+    c, h, w = nn.Sequential(*layers)[-1].output_shape()  # a Sequential passes the image sizes down
+    width = c * h * w
+    layers.append(nn.Flatten())
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    layers.append(nn.Linear(width, 10))
+    return nn.Sequential(*layers)
+
+
+def _build_model(kind: str, width: int, hidden: Sequence[int]) -> tuple[Any, str, dict[str, str]]:
+    """The model, its one-line description and the checkpoint metadata that rebuilds it."""
+    from matgrad import nn
+
+    if kind == "mlp":
+        sizes = [width, *hidden, 10]
+        return nn.MLP(sizes), f"MLP {'-'.join(map(str, sizes))}", _mlp_metadata(sizes)
+    size = _image_size(width)
+    model = build_cnn(size, hidden)
+    steps = [f"{'x'.join(map(str, model[0].image_shape))}"]
+    for m in model:
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            steps.append(f"{'conv' if isinstance(m, nn.Conv2d) else 'pool'} {'x'.join(map(str, m.output_shape()))}")
+    description = f"CNN {' > '.join([*steps, *map(str, [*hidden, 10])])}"
+    metadata = {
+        "format": "matgrad.cli.cnn",
+        "image_size": ",".join(map(str, size)),
+        "channels": ",".join(map(str, CNN_CHANNELS)),
+        "hidden": ",".join(map(str, hidden)),
+    }
+    return model, description, metadata
 
 
 def _plot_curves(path: str, history: list[dict[str, float]]) -> None:
@@ -242,22 +316,29 @@ def _train(args: argparse.Namespace) -> int:
         n = min(args.limit, x_train.nrows)
         x_train, y_train = x_train[:n], y_train[:n]
 
+    epochs, optimizer, lr = MODELS[args.model]
+    args.epochs = args.epochs or epochs
+    args.optimizer = args.optimizer or optimizer
+    if args.lr is None:
+        args.lr = lr if args.optimizer == optimizer else MODELS["mlp"][2]
     mg.manual_seed(args.seed)
-    sizes = [x_train.ncols, *args.hidden, 10]
-    model = nn.MLP(sizes)
+    model, description, metadata = _build_model(args.model, x_train.ncols, args.hidden)
     if args.optimizer == "sgd":
         opt: optim.Optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         recipe = f"SGD lr {args.lr:g}, momentum {args.momentum:g}"
     else:
         opt = optim.Adam(model.parameters(), lr=args.lr)
         recipe = f"Adam lr {args.lr:g}"
+    schedule = optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs) if args.model == "cnn" else None
+    if schedule is not None:
+        recipe += " (cosine decay)"
     loader = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed)
     print(
         f"matgrad {mg.__version__} | backend {mg.get_backend()} | {source}: {x_train.nrows} training and "
         f"{data.x_test.nrows} test images"
     )
     print(
-        f"model MLP {'-'.join(map(str, sizes))} ({sum(p.nrows * p.ncols for p in model.parameters()):,} "
+        f"model {description} ({sum(p.nrows * p.ncols for p in model.parameters()):,} "
         f"parameters) | {recipe} | batch {args.batch_size} | {args.epochs} epochs | seed {args.seed}"
     )
 
@@ -288,6 +369,8 @@ def _train(args: argparse.Namespace) -> int:
             elapsed = time.perf_counter() - t0
             bar.set_postfix(loss=f"{value:.4f}", img_per_s=f"{seen / elapsed:,.0f}" if elapsed else "-", refresh=False)
         train_time = time.perf_counter() - t0
+        if schedule is not None:
+            schedule.step()
         train_acc = accuracy(predict(model, x_train), y_train)
         test_preds = predict(model, data.x_test)
         test_acc = accuracy(test_preds, data.y_test)
@@ -305,7 +388,7 @@ def _train(args: argparse.Namespace) -> int:
     print(format_confusion_matrix(confusion_matrix(test_preds, data.y_test)))
 
     if args.save:
-        mg.save(model, args.save, metadata=_mlp_metadata(sizes))
+        mg.save(model, args.save, metadata=metadata)
         print(f"\nsaved the model to {args.save}")
     if args.graph:
         from matgrad.viz import draw_model_graph, render_graph
@@ -349,16 +432,29 @@ def _eval(args: argparse.Namespace) -> int:
         raise CommandError(f"--model {args.model}: no such file")
     _use_backend(args.backend)
     state = mg.load(args.model)
-    sizes = _infer_mlp(state, load_metadata(args.model), args.model)
-    model = nn.MLP(sizes)
+    metadata = load_metadata(args.model)
+    model: Any
+    if metadata.get("format") == "matgrad.cli.cnn":
+        try:
+            h, w = (int(v) for v in metadata["image_size"].split(","))
+            hidden = [int(v) for v in metadata["hidden"].split(",") if v]
+            channels = [int(v) for v in metadata["channels"].split(",")]
+        except (KeyError, ValueError):
+            raise CommandError(f"{args.model}: unreadable CNN metadata {metadata!r}") from None
+        model, inputs = build_cnn((h, w), hidden, channels), h * w
+        description = f"CNN {h}x{w} images"
+    else:
+        sizes = _infer_mlp(state, metadata, args.model)
+        model, inputs = nn.MLP(sizes), sizes[0]
+        description = f"MLP {'-'.join(map(str, sizes))}"
     model.load_state_dict(state)
     data, source = _load_data(args)
-    if data.x_test.ncols != sizes[0]:
-        raise CommandError(f"{args.model}: the model takes {sizes[0]} inputs but the images have {data.x_test.ncols}")
+    if data.x_test.ncols != inputs:
+        raise CommandError(f"{args.model}: the model takes {inputs} inputs but the images have {data.x_test.ncols}")
     t0 = time.perf_counter()
     preds = predict(model, data.x_test)
     elapsed = time.perf_counter() - t0
-    print(f"model MLP {'-'.join(map(str, sizes))} from {args.model} | backend {mg.get_backend()} | {source}")
+    print(f"model {description} from {args.model} | backend {mg.get_backend()} | {source}")
     print(f"test accuracy {accuracy(preds, data.y_test):.2%} on {data.x_test.nrows} images ({elapsed:.2f}s)\n")
     print(format_confusion_matrix(confusion_matrix(preds, data.y_test)))
     return 0
@@ -373,13 +469,12 @@ def _graph(args: argparse.Namespace) -> int:
     _check_writable(args.output, "-o", GRAPH_SUFFIXES)
     data = load_mnist(sample=True)
     mg.manual_seed(0)
-    sizes = [data.x_train.ncols, *args.hidden, 10]
-    model = nn.MLP(sizes)
+    model, description, _ = _build_model(args.model, data.x_train.ncols, args.hidden)
     n = args.batch_size
     dot = draw_model_graph(model, data.x_train[:n], data.y_train[:n], grad=False, backward=args.backward)
     render_graph(dot, args.output)
     what = "gradient graph" if args.backward else "loss graph"
-    print(f"drew the {what} of MLP {'-'.join(map(str, sizes))} on a {n}-image batch to {args.output}")
+    print(f"drew the {what} of {description} on a {n}-image batch to {args.output}")
     return 0
 
 

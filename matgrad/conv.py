@@ -333,12 +333,21 @@ def _pool_window(
     name: str, image: tuple[int, int, int], kernel_size: Any, stride: Any, padding: Any, dilation: Any = 1
 ) -> Window:
     window = _window(name, image, kernel_size, kernel_size if stride is None else stride, padding, dilation)
-    for pad, k, d in ((window.ph, window.kh, window.dh), (window.pw, window.kw, window.dw)):
-        if 2 * pad > d * (k - 1) + 1:
+    w = window
+    for axis, size, out, k, s, p, d in (
+        ("height", w.height, w.out_h, w.kh, w.sh, w.ph, w.dh),
+        ("width", w.width, w.out_w, w.kw, w.sw, w.pw, w.dw),
+    ):
+        if 2 * p > k:
             raise ArgumentError(
-                f"{name}: padding {pad} is more than half the kernel ({d * (k - 1) + 1} wide): some windows "
-                "would hold only padding (PyTorch refuses this too)"
+                f"{name}: padding {p} is more than half the kernel size {k} (PyTorch's limit for pooling)"
             )
+        for o in range(out):  # with dilation, a window's taps can straddle the image entirely
+            if not any(0 <= o * s - p + i * d < size for i in range(k)):
+                raise ArgumentError(
+                    f"{name}: window {o} along the {axis} reads only padding (kernel {k}, stride {s}, "
+                    f"padding {p}, dilation {d} over {size} pixels); use less padding or dilation"
+                )
     return window
 
 
@@ -379,7 +388,7 @@ def unfold(
     padding: IntPair = 0,
     stride: IntPair = 1,
     *,
-    image_size: IntPair,
+    image_size: IntPair | None = None,
 ) -> Tensor2D:
     """im2col: the ``(B*L, C*kh*kw)`` patch matrix of the ``(B, C*H*W)`` images in ``input``.
 
@@ -448,7 +457,7 @@ def conv2d(
     padding: IntPair = 0,
     dilation: IntPair = 1,
     *,
-    image_size: IntPair,
+    image_size: IntPair | None = None,
     kernel_size: IntPair | None = None,
 ) -> Tensor2D:
     """2-D convolution (cross-correlation, as PyTorch's) of ``(B, C*H*W)`` images: ``(B, C_out*H_out*W_out)``.
@@ -491,7 +500,7 @@ def max_pool2d(
     padding: IntPair = 0,
     dilation: IntPair = 1,
     *,
-    image_size: IntPair,
+    image_size: IntPair | None = None,
 ) -> Tensor2D:
     """The maximum of each window of each channel: ``(B, C*H*W)`` to ``(B, C*H_out*W_out)``.
 
@@ -510,7 +519,7 @@ def avg_pool2d(
     padding: IntPair = 0,
     *,
     count_include_pad: bool = True,
-    image_size: IntPair,
+    image_size: IntPair | None = None,
 ) -> Tensor2D:
     """The mean of each window of each channel: ``(B, C*H*W)`` to ``(B, C*H_out*W_out)``.
 
