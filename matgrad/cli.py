@@ -107,7 +107,9 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--backend", choices=["numpy", "python"], help="matrix backend (default: numpy if installed)")
 
     train = sub.add_parser(
-        "train", help="train an MLP or a CNN on MNIST", description="Train an MLP (or, with --model cnn, a CNN) on MNIST."
+        "train",
+        help="train an MLP or a CNN on MNIST",
+        description="Train an MLP (or, with --model cnn, a CNN) on MNIST.",
     )
     data_options(train)
     train.add_argument(
@@ -120,9 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--lr", type=_non_negative_float, help="learning rate (default 0.05, or 0.002 for the cnn's Adam)"
     )
-    train.add_argument(
-        "--optimizer", choices=["sgd", "adam"], help="optimiser (default sgd for mlp, adam for cnn)"
-    )
+    train.add_argument("--optimizer", choices=["sgd", "adam"], help="optimiser (default sgd for mlp, adam for cnn)")
     train.add_argument("--momentum", type=_non_negative_float, default=0.9, help="SGD momentum (default 0.9)")
     train.add_argument(
         "--hidden", type=_hidden_sizes, default=[128], metavar="SIZES", help="hidden layer sizes (default 128)"
@@ -181,14 +181,15 @@ CNN_CHANNELS = (16, 32)
 
 
 def _image_size(width: int) -> tuple[int, int]:
-    side = int(round(width**0.5))
+    side = round(width**0.5)
     if side * side != width:
         raise CommandError(f"--model cnn needs square images; these rows hold {width} pixels")
     return side, side
 
 
 def build_cnn(image_size: tuple[int, int], hidden: Sequence[int], channels: Sequence[int] = CNN_CHANNELS) -> Any:
-    """The CLI's CNN: ``[Conv2d 5x5, ReLU, MaxPool2d 2] per channel count, Flatten, [Linear, ReLU] per hidden size, Linear``.
+    """The CLI's CNN: ``[Conv2d 5x5, ReLU, MaxPool2d 2]`` per channel count, ``Flatten``, ``[Linear, ReLU]``
+    per hidden size, ``Linear``.
 
     For 28x28 MNIST, ``conv(1->16, 5) relu pool conv(16->32, 5) relu pool flatten linear(512->128)
     relu linear(128->10)``: the same ``torch.nn.Sequential`` loads its checkpoints.
@@ -293,7 +294,7 @@ def _one_line(exc: BaseException) -> str:
 def _train(args: argparse.Namespace) -> int:
     import matgrad as mg
     import matgrad.functional as F
-    from matgrad import nn, optim
+    from matgrad import optim
     from matgrad.data import DataLoader
     from matgrad.metrics import accuracy, confusion_matrix, format_confusion_matrix, predict
 
@@ -462,7 +463,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _graph(args: argparse.Namespace) -> int:
     import matgrad as mg
-    from matgrad import nn
     from matgrad.data import load_mnist
     from matgrad.viz import draw_model_graph, render_graph
 

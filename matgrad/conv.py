@@ -55,7 +55,11 @@ IntPair = Union[int, Sequence[int]]
 def _describe(w: Window, name: str) -> str:
     """``unfold(5x5, stride 2)``: the kernel, then whatever is not the default."""
     parts = [f"{w.kh}x{w.kw}"]
-    for what, pair, default in (("stride", (w.sh, w.sw), 1), ("padding", (w.ph, w.pw), 0), ("dilation", (w.dh, w.dw), 1)):
+    for what, pair, default in (
+        ("stride", (w.sh, w.sw), 1),
+        ("padding", (w.ph, w.pw), 0),
+        ("dilation", (w.dh, w.dw), 1),
+    ):
         if pair != (default, default):
             parts.append(f"{what} {pair[0]}" if pair[0] == pair[1] else f"{what} {pair[0]}x{pair[1]}")
     return f"{name}({', '.join(parts)})"
@@ -224,7 +228,7 @@ class MaxPool2d(Op):
 
 
 class AvgPool2d(Op):
-    """``Y[b, c, l] = sum(X over window l of channel c) / n_l``;  ``dX = fold(G / n)``: each window's share spread over it.
+    """``Y[b, c, l] = sum(X over window l of channel c) / n_l``;  ``dX = fold(G / n)`` spread over each window.
 
     ``n_l = kh*kw`` (padding counts as zeros), or with ``count_include_pad=False`` the window's
     positions inside the image. Linear, so its gradient is its adjoint: ``fold`` of ``G / n``
@@ -432,9 +436,7 @@ def patches_to_images(input: Tensor2D, positions: int) -> Tensor2D:
     if isinstance(positions, bool) or not isinstance(positions, numbers.Integral) or positions < 1:
         raise ArgumentError(f"patches_to_images: positions must be a positive int, got {positions!r}")
     if x.nrows % positions:
-        raise ShapeError(
-            f"patches_to_images: {x.nrows} rows are not a whole number of images of {positions} patches"
-        )
+        raise ShapeError(f"patches_to_images: {x.nrows} rows are not a whole number of images of {positions} patches")
     return BlockTranspose(int(positions), x.ncols, (x.nrows // positions, x.ncols * positions))(x)
 
 
@@ -508,7 +510,9 @@ def max_pool2d(
     ``-inf``), except that tied maxima share the gradient equally, as ``max`` does.
     """
     x = _checks.tensor("max_pool2d", input)
-    window = _pool_window("max_pool2d", _image_size("max_pool2d", x, image_size), kernel_size, stride, padding, dilation)
+    window = _pool_window(
+        "max_pool2d", _image_size("max_pool2d", x, image_size), kernel_size, stride, padding, dilation
+    )
     return MaxPool2d(window)(x)
 
 

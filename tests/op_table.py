@@ -209,7 +209,9 @@ CASES: list[Case] = [
     # above the threshold softplus is the identity (value and gradient), as PyTorch's
     Case("softplus_linear", lambda a: F.softplus(a + 2.0, threshold=1.0), same(1), (F.Softplus,), ("positive",)),
     # convolution and pooling: m images of C x H x W in rows, NCHW (matgrad.conv)
-    Case("unfold", lambda x: F.unfold(x, 2, image_size=(4, 3)), lambda m, n: [(m, 2 * 4 * 3)], (conv.Unfold, conv.Fold)),
+    Case(
+        "unfold", lambda x: F.unfold(x, 2, image_size=(4, 3)), lambda m, n: [(m, 2 * 4 * 3)], (conv.Unfold, conv.Fold)
+    ),
     Case(
         "unfold_stride_pad_dilation",
         lambda x: F.unfold(x, (2, 3), dilation=(2, 1), padding=(1, 2), stride=(1, 2), image_size=(4, 5)),
@@ -224,8 +226,12 @@ CASES: list[Case] = [
         lambda m, n: [(9 * m, 9)],
         (conv.Fold,),
     ),
-    Case("patches_to_images", lambda a: conv.patches_to_images(a, 3), lambda m, n: [(3 * m, n)], (conv.BlockTranspose,)),
-    Case("images_to_patches", lambda a: conv.images_to_patches(a, 2), lambda m, n: [(m, 2 * n)], (conv.BlockTranspose,)),
+    Case(
+        "patches_to_images", lambda a: conv.patches_to_images(a, 3), lambda m, n: [(3 * m, n)], (conv.BlockTranspose,)
+    ),
+    Case(
+        "images_to_patches", lambda a: conv.images_to_patches(a, 2), lambda m, n: [(m, 2 * n)], (conv.BlockTranspose,)
+    ),
     Case(
         "conv2d",
         lambda x, w, b: F.conv2d(x, w, b, image_size=(4, 3)),
@@ -262,7 +268,9 @@ CASES: list[Case] = [
         ("distinct",),
         smooth=False,
     ),
-    Case("avg_pool2d", lambda x: F.avg_pool2d(x, 2, image_size=(4, 4)), lambda m, n: [(m, 2 * 4 * 4)], (conv.AvgPool2d,)),
+    Case(
+        "avg_pool2d", lambda x: F.avg_pool2d(x, 2, image_size=(4, 4)), lambda m, n: [(m, 2 * 4 * 4)], (conv.AvgPool2d,)
+    ),
     Case(
         "avg_pool2d_pad_exclude",
         lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False, image_size=(5, 4)),

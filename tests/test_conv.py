@@ -123,7 +123,10 @@ def test_conv2d_matches_torch(backend: str, w: Window, batch: int, out: int, bia
 def test_pooling_matches_torch(backend: str, w: Window, batch: int, seed: int, include_pad: bool) -> None:
     # PyTorch's pooling needs padding at most half the kernel, and no window all padding (it crashes)
     assume(2 * w.ph <= w.kh and 2 * w.pw <= w.kw)
-    for size, out, k, s, p, d in ((w.height, w.out_h, w.kh, w.sh, w.ph, w.dh), (w.width, w.out_w, w.kw, w.sw, w.pw, w.dw)):
+    for size, out, k, s, p, d in (
+        (w.height, w.out_h, w.kh, w.sh, w.ph, w.dh),
+        (w.width, w.out_w, w.kw, w.sw, w.pw, w.dw),
+    ):
         assume(all(any(0 <= o * s - p + i * d < size for i in range(k)) for o in range(out)))
     rng = np.random.default_rng(seed)
     x = rng.permutation(batch * w.image_size).reshape(batch, w.image_size) / 7.0  # distinct: no ties
@@ -291,7 +294,9 @@ def test_a_misfit_is_an_error_naming_the_layer_and_both_sizes() -> None:
     with pytest.raises(mg.ShapeError, match="does not fit in a 2x2 image"):
         nn.Sequential(nn.Conv2d(1, 2, 3, image_size=(4, 4)), nn.Conv2d(2, 2, 3))
     model = lenet()
-    with pytest.raises(mg.ShapeError, match=r"layer 0: expected rows of 1x28x28 = 784 values \(C x H x W\), got a 2x785"):
+    with pytest.raises(
+        mg.ShapeError, match=r"layer 0: expected rows of 1x28x28 = 784 values \(C x H x W\), got a 2x785"
+    ):
         model(mg.rand(2, 785))
     with pytest.raises(mg.ShapeError, match=r"layer 3: expected rows of 6x12x12 = 864 values"):
         model[3](mg.rand(2, 784))
@@ -386,7 +391,20 @@ def test_diagram_draws_conv_clusters_with_image_shapes_on_the_edges() -> None:
 
 def test_cli_trains_saves_and_evaluates_a_cnn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = tmp_path / "cnn.safetensors"
-    args = ["train", "--model", "cnn", "--limit", "256", "--epochs", "2", "--batch-size", "16", "--hidden", "32", "--quiet"]
+    args = [
+        "train",
+        "--model",
+        "cnn",
+        "--limit",
+        "256",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--hidden",
+        "32",
+        "--quiet",
+    ]
     assert main([*args, "--save", str(model)]) == 0
     out = capsys.readouterr().out
     assert "model CNN 1x28x28 > conv 16x24x24 > pool 16x12x12 > conv 32x8x8 > pool 32x4x4 > 32 > 10" in out

@@ -629,7 +629,7 @@ class PythonBackend(Backend):
                 out.extend(d[base + j : base + size : q])
         return Matrix._wrap(len(d) // size, size, out, a.dtype)
 
-    def _pool_windows(self, a: Matrix, w: Window) -> Iterable[tuple[list[Any], list[int]]]:
+    def _pool_windows(self, a: Matrix, w: Window) -> Iterable[tuple[list[Any], list[list[int]]]]:
         """Per channel of each image: the padded plane (``-inf`` border) and each window's positions in it."""
         plane = w._replace(channels=1)
         index = patch_index(plane)

@@ -19,7 +19,8 @@ from matgrad import functional as F
 from matgrad._errors import ArgumentError, ArgumentTypeError, ShapeError
 from matgrad.backends.base import Window
 from matgrad.conv import AvgPool2d as _AvgPoolOp
-from matgrad.conv import BlockTranspose, MaxPool2d as _MaxPoolOp, Unfold, _pair, _pool_window, _window
+from matgrad.conv import BlockTranspose, Unfold, _pair, _pool_window, _window
+from matgrad.conv import MaxPool2d as _MaxPoolOp
 from matgrad.nn import init
 from matgrad.nn.activation import Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
 from matgrad.nn.linear import Identity, Linear, _float_dtype
@@ -68,14 +69,14 @@ class _ImageLayer(Module):
         shape = tuple(int(v) for v in image_shape)
         if len(shape) != 3 or min(shape) < 1:
             raise ArgumentError(f"{self._label()}: an image shape is (C, H, W) of positive ints, got {image_shape!r}")
-        why = self._accepts(shape)  # type: ignore[arg-type]
+        why = self._accepts(shape)
         if why is None and self.image_shape is not None and self.image_shape != shape:
             why = f"it was built for {_fmt(self.image_shape)} images"
         if why is not None:
             head = f"Sequential {where}: " if where else ""
             raise ShapeError(f"{head}{self._label()} cannot take the {_fmt(shape)} images {source or 'given'}: {why}")
         self.output_shape(shape)  # raises if the window does not fit
-        self.image_shape = shape  # type: ignore[assignment]
+        self.image_shape = shape
         self._where = where
 
     def _label(self) -> str:
@@ -171,9 +172,7 @@ class Conv2d(_ImageLayer):
     def set_image_shape(self, image_shape: Shape, where: str = "", source: str = "") -> None:
         super().set_image_shape(image_shape, where, source)
         c, h, w = self.image_shape  # type: ignore[misc]
-        self._window = _window(
-            self._label(), (c, h, w), self.kernel_size, self.stride, self.padding, self.dilation
-        )
+        self._window = _window(self._label(), (c, h, w), self.kernel_size, self.stride, self.padding, self.dilation)
 
     def output_shape(self, image_shape: Shape | None = None) -> Shape:
         shape = image_shape or self.image_shape
@@ -199,7 +198,8 @@ class Conv2d(_ImageLayer):
         return BlockTranspose(n, c, (input.nrows, c * n), (c, window.out_h, window.out_w))(out)
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={_tuple(self.kernel_size)}, stride={_tuple(self.stride)}"
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={_tuple(self.kernel_size)}"
+        s += f", stride={_tuple(self.stride)}"
         if self.padding != (0, 0):
             s += f", padding={_tuple(self.padding)}"
         if self.dilation != (1, 1):
@@ -218,19 +218,17 @@ class _Pool(_ImageLayer):
     dilation: int | tuple[int, int]
     _size: tuple[int, int] | None
 
-    def __init__(
-        self, owner: str, kernel_size: Any, stride: Any, padding: Any, dilation: Any, image_size: Any
-    ) -> None:
+    def __init__(self, owner: str, kernel_size: Any, stride: Any, padding: Any, dilation: Any, image_size: Any) -> None:
         super().__init__()
         _pair(owner, "kernel_size", kernel_size, 1)
         _pair(owner, "stride", kernel_size if stride is None else stride, 1)
         _pair(owner, "padding", padding, 0)
         _pair(owner, "dilation", dilation, 1)
         # stored as given, so the repr reads as PyTorch's (kernel_size=2, stride=2)
-        self.kernel_size = kernel_size if isinstance(kernel_size, int) else tuple(kernel_size)  # type: ignore[assignment]
-        self.stride = self.kernel_size if stride is None else stride if isinstance(stride, int) else tuple(stride)  # type: ignore[assignment]
-        self.padding = padding if isinstance(padding, int) else tuple(padding)  # type: ignore[assignment]
-        self.dilation = dilation if isinstance(dilation, int) else tuple(dilation)  # type: ignore[assignment]
+        self.kernel_size = kernel_size if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.stride = self.kernel_size if stride is None else stride if isinstance(stride, int) else tuple(stride)
+        self.padding = padding if isinstance(padding, int) else tuple(padding)
+        self.dilation = dilation if isinstance(dilation, int) else tuple(dilation)
         self._size = None if image_size is None else _pair(owner, "image_size", image_size, 1)
         self._windows: dict[Shape, Window] = {}
 

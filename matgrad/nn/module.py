@@ -446,8 +446,10 @@ class Module:
         for key, value in entries.items():
             param = own[key]
             shape = tuple(int(s) for s in value.shape)
-            if shape != param.shape and not (len(shape) == 1 and param.nrows == 1 and shape[0] == param.ncols) and not (
-                len(shape) > 2 and shape[0] == param.nrows and math.prod(shape[1:]) == param.ncols
+            if (
+                shape != param.shape
+                and not (len(shape) == 1 and param.nrows == 1 and shape[0] == param.ncols)
+                and not (len(shape) > 2 and shape[0] == param.nrows and math.prod(shape[1:]) == param.ncols)
             ):
                 mismatched.append(f"{key}: the checkpoint has {_fmt(shape)}, the model has {_fmt(param.shape)}")
         problems: list[str] = []
