@@ -94,7 +94,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="matgrad",
-        description="Autodiff at matrix granularity: train an MLP on MNIST from scratch, and look inside.",
+        description="Autodiff at matrix granularity: train an MLP or a CNN on MNIST from scratch, and look inside.",
     )
     parser.add_argument("--version", action="version", version=f"matgrad {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{train,eval,graph,info}", parser_class=_Parser)
@@ -134,11 +134,15 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--plot", metavar="FILE", help="draw loss and accuracy curves (needs matplotlib)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    ev = sub.add_parser("eval", help="evaluate a saved model", description="Evaluate a saved MLP on MNIST's test set.")
+    ev = sub.add_parser(
+        "eval", help="evaluate a saved model", description="Evaluate a saved MLP or CNN on MNIST's test set."
+    )
     ev.add_argument("--model", required=True, metavar="FILE", help="checkpoint written by `matgrad train --save`")
     data_options(ev)
 
-    graph = sub.add_parser("graph", help="draw an MLP's loss graph", description="Draw an untrained MLP's loss graph.")
+    graph = sub.add_parser(
+        "graph", help="draw a model's loss graph", description="Draw an untrained MLP's (or CNN's) loss graph."
+    )
     graph.add_argument("--model", choices=list(MODELS), default="mlp", help="mlp or cnn (default mlp)")
     graph.add_argument("--hidden", type=_hidden_sizes, default=[128], metavar="SIZES", help="hidden sizes (128,64)")
     graph.add_argument("-o", "--output", default="mlp.svg", metavar="FILE", help="output file (default mlp.svg)")
