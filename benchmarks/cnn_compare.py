@@ -111,7 +111,9 @@ def torch_trainer(args: argparse.Namespace, source: Any) -> tuple[Callable[..., 
 
     def accuracy(x: Any, y: Any) -> float:
         with torch.no_grad():
-            logits = torch.cat([model(torch.from_numpy(x[i : i + 1000]).view(-1, 1, 28, 28)) for i in range(0, len(x), 1000)])
+            logits = torch.cat(
+                [model(torch.from_numpy(x[i : i + 1000]).view(-1, 1, 28, 28)) for i in range(0, len(x), 1000)]
+            )
         return float((logits.argmax(1).numpy() == y).mean())
 
     return step, accuracy
@@ -140,7 +142,9 @@ def profile(step: Callable[..., None], x: Any, y: Any, order: Any, batch: int) -
             phases[name] += tottime
     rows = [[PHASES[k], f"{v:.2f}", f"{v / total:.0%}"] for k, v in sorted(phases.items(), key=lambda kv: -kv[1])]
     rest = total - sum(phases.values())
-    rows.append(["everything else (element-wise kernels, Adam, the engine, Python)", f"{rest:.2f}", f"{rest / total:.0%}"])
+    rows.append(
+        ["everything else (element-wise kernels, Adam, the engine, Python)", f"{rest:.2f}", f"{rest / total:.0%}"]
+    )
     print(f"\nWhere one matgrad epoch goes (cProfile, {total:.1f}s in all, profiler overhead included):\n")
     print(_bench.markdown_table(["phase", "seconds", "share"], rows))
     print("\nTop functions by own time:\n")
@@ -180,7 +184,11 @@ def main() -> int:
         t_wall, t_cpu = epoch(torch_step, x, y, order, args.batch_size)
         accs = mg_acc(xt, yt), torch_acc(xt, yt)
         records.append(
-            {"epoch": e, "matgrad": {"acc": accs[0], "wall": mg_wall, "cpu": mg_cpu}, "torch": {"acc": accs[1], "wall": t_wall, "cpu": t_cpu}}
+            {
+                "epoch": e,
+                "matgrad": {"acc": accs[0], "wall": mg_wall, "cpu": mg_cpu},
+                "torch": {"acc": accs[1], "wall": t_wall, "cpu": t_cpu},
+            }
         )
         rows.append(
             [
@@ -196,7 +204,17 @@ def main() -> int:
             ]
         )
         print(f"epoch {e}: matgrad {mg_wall:.1f}s {accs[0]:.2%} | torch {t_wall:.1f}s {accs[1]:.2%}", flush=True)
-    header = ["epoch", "matgrad acc", "torch acc", "matgrad s", "torch s", "ratio", "matgrad cpu s", "torch cpu s", "cpu ratio"]
+    header = [
+        "epoch",
+        "matgrad acc",
+        "torch acc",
+        "matgrad s",
+        "torch s",
+        "ratio",
+        "matgrad cpu s",
+        "torch cpu s",
+        "cpu ratio",
+    ]
     print()
     print(_bench.markdown_table(header, rows))
     if args.profile:

@@ -284,6 +284,8 @@ def test_conv2d_weight_layout_and_init_follow_torch() -> None:
     assert np.abs(layer.bias.numpy()).max() <= bound
     assert repr(layer) == repr(torch.nn.Conv2d(16, 32, 5))
     assert repr(nn.Conv2d(3, 4, 3, 2, 1, bias=False)) == repr(torch.nn.Conv2d(3, 4, 3, 2, 1, bias=False))
+    for mine, theirs in ((nn.AvgPool2d(2), torch.nn.AvgPool2d(2)), (nn.Flatten(), torch.nn.Flatten())):
+        assert repr(mine) == repr(theirs)
 
 
 def test_a_misfit_is_an_error_naming_the_layer_and_both_sizes() -> None:

@@ -647,15 +647,18 @@ class PythonBackend(Backend):
 
     def max_pool_adjoint(self, a: Matrix, out: Matrix, g: Matrix, window: Window) -> Matrix:
         grads: list[Any] = []
-        tops, shares = iter(out.data), iter(g.data)
-        for image, windows in self._pool_windows(a, window):
+        plane = window._replace(channels=1)
+        n = window.positions
+        for p, (image, windows) in enumerate(self._pool_windows(a, window)):
             acc = [0.0] * len(image)
-            for ix in windows:
-                top, share = next(tops), next(shares)
+            for ix, top, share in zip(windows, out.data[p * n : (p + 1) * n], g.data[p * n : (p + 1) * n]):
                 hits = [k for k in ix if image[k] == top]  # ties share the gradient equally
-                for k in hits:
-                    acc[k] += share / len(hits)
-            grads.extend(_unpad(acc, window._replace(channels=1)))
+                if len(hits) == 1:
+                    acc[hits[0]] += share
+                else:
+                    for k in hits:
+                        acc[k] += share / len(hits)
+            grads.extend(_unpad(acc, plane))
         return _finish(a.nrows, a.ncols, grads, a.dtype)
 
     # -- reductions ---------------------------------------------------------------------------

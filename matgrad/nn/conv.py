@@ -337,6 +337,9 @@ class Flatten(Module):
     def forward(self, input: Tensor2D) -> Tensor2D:
         return input
 
+    def extra_repr(self) -> str:
+        return "start_dim=1, end_dim=-1"
+
 
 _KEEPS_SHAPE = (ReLU, LeakyReLU, Sigmoid, Tanh, Dropout, Identity, Flatten)
 
