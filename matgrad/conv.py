@@ -44,8 +44,8 @@ __all__ = [
     "images_to_patches",
     "max_pool2d",
     "patches_to_images",
-    "pool_output_shape",
-    "conv_output_shape",
+    "conv_window",
+    "pool_window",
     "unfold",
 ]
 
@@ -311,14 +311,15 @@ def _image_size(name: str, x: Tensor2D, image_size: Any) -> tuple[int, int, int]
     return x.ncols // (h * w), h, w
 
 
-def _window(
+def conv_window(
     name: str,
     image: tuple[int, int, int],
     kernel_size: Any,
-    stride: Any,
-    padding: Any,
-    dilation: Any,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
 ) -> Window:
+    """The validated ``Window`` of a convolution over ``(C, H, W)`` images; errors name ``name``."""
     c, h, w = image
     kh, kw = _pair(name, "kernel_size", kernel_size, 1)
     sh, sw = _pair(name, "stride", stride, 1)
@@ -333,10 +334,14 @@ def _window(
     return window
 
 
-def _pool_window(
-    name: str, image: tuple[int, int, int], kernel_size: Any, stride: Any, padding: Any, dilation: Any = 1
+def pool_window(
+    name: str, image: tuple[int, int, int], kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1
 ) -> Window:
-    window = _window(name, image, kernel_size, kernel_size if stride is None else stride, padding, dilation)
+    """The validated ``Window`` of a pooling over ``(C, H, W)`` images (stride defaults to the kernel size).
+
+    As PyTorch, padding is at most half the kernel; and no window may read only padding.
+    """
+    window = conv_window(name, image, kernel_size, kernel_size if stride is None else stride, padding, dilation)
     w = window
     for axis, size, out, k, s, p, d in (
         ("height", w.height, w.out_h, w.kh, w.sh, w.ph, w.dh),
@@ -353,31 +358,6 @@ def _pool_window(
                     f"padding {p}, dilation {d} over {size} pixels); use less padding or dilation"
                 )
     return window
-
-
-def conv_output_shape(
-    image: tuple[int, int, int],
-    out_channels: int,
-    kernel_size: IntPair,
-    stride: IntPair = 1,
-    padding: IntPair = 0,
-    dilation: IntPair = 1,
-) -> tuple[int, int, int]:
-    """``(C_out, H_out, W_out)`` of a convolution of ``(C, H, W)`` images (a ShapeError if the kernel does not fit)."""
-    w = _window("conv2d", image, kernel_size, stride, padding, dilation)
-    return out_channels, w.out_h, w.out_w
-
-
-def pool_output_shape(
-    image: tuple[int, int, int],
-    kernel_size: IntPair,
-    stride: IntPair | None = None,
-    padding: IntPair = 0,
-    dilation: IntPair = 1,
-) -> tuple[int, int, int]:
-    """``(C, H_out, W_out)`` of a pooling of ``(C, H, W)`` images (stride defaults to the kernel size)."""
-    w = _pool_window("pool2d", image, kernel_size, stride, padding, dilation)
-    return w.channels, w.out_h, w.out_w
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,7 +380,7 @@ def unfold(
     image's block transposed); ``image_size = (H, W)``, and ``C`` follows from the row width.
     """
     x = _checks.tensor("unfold", input)
-    window = _window("unfold", _image_size("unfold", x, image_size), kernel_size, stride, padding, dilation)
+    window = conv_window("unfold", _image_size("unfold", x, image_size), kernel_size, stride, padding, dilation)
     return Unfold(window)(x)
 
 
@@ -423,7 +403,7 @@ def fold(
         raise ShapeError(
             f"fold: input is {_fmt(p.shape)} but {kh}x{kw} patches need a multiple of {kh * kw} columns (C*kh*kw)"
         )
-    window = _window("fold", (p.ncols // (kh * kw), h, w), (kh, kw), stride, padding, dilation)
+    window = conv_window("fold", (p.ncols // (kh * kw), h, w), (kh, kw), stride, padding, dilation)
     return Fold(window)(p)
 
 
@@ -481,7 +461,7 @@ def conv2d(
                 f"a square kernel needs C*k*k = {w.ncols} columns: pass kernel_size=(kh, kw), or check image_size"
             )
         kernel_size = k
-    window = _window("conv2d", image, kernel_size, stride, padding, dilation)
+    window = conv_window("conv2d", image, kernel_size, stride, padding, dilation)
     if w.ncols != window.patch_size:
         raise ShapeError(
             f"conv2d: weight is {_fmt(w.shape)} but {c} input channel(s) with a {window.kh}x{window.kw} kernel "
@@ -510,9 +490,7 @@ def max_pool2d(
     ``-inf``), except that tied maxima share the gradient equally, as ``max`` does.
     """
     x = _checks.tensor("max_pool2d", input)
-    window = _pool_window(
-        "max_pool2d", _image_size("max_pool2d", x, image_size), kernel_size, stride, padding, dilation
-    )
+    window = pool_window("max_pool2d", _image_size("max_pool2d", x, image_size), kernel_size, stride, padding, dilation)
     return MaxPool2d(window)(x)
 
 
@@ -533,5 +511,5 @@ def avg_pool2d(
     x = _checks.tensor("avg_pool2d", input)
     if not isinstance(count_include_pad, bool):
         raise ArgumentTypeError(f"avg_pool2d: count_include_pad must be a bool, got {count_include_pad!r}")
-    window = _pool_window("avg_pool2d", _image_size("avg_pool2d", x, image_size), kernel_size, stride, padding)
+    window = pool_window("avg_pool2d", _image_size("avg_pool2d", x, image_size), kernel_size, stride, padding)
     return AvgPool2d(window, count_include_pad or not (window.ph or window.pw))(x)

@@ -261,7 +261,7 @@ class NumpyBackend(Backend):
         return out
 
     def _taps(self, w: Window) -> list[tuple[int, int, slice, slice]]:
-        """Each kernel tap ``(i, j)`` with the rows and columns of the padded images it reads, one per window position."""
+        """Each kernel tap ``(i, j)``, with the rows and columns of the padded images it reads at every position."""
         taps = self._tap_cache.get(w)
         if taps is None:
             out_h, out_w = w.out_h, w.out_w

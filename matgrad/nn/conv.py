@@ -19,7 +19,7 @@ from matgrad import functional as F
 from matgrad._errors import ArgumentError, ArgumentTypeError, ShapeError
 from matgrad.backends.base import Window
 from matgrad.conv import AvgPool2d as _AvgPoolOp
-from matgrad.conv import BlockTranspose, Unfold, _pair, _pool_window, _window
+from matgrad.conv import BlockTranspose, Unfold, _pair, conv_window, pool_window
 from matgrad.conv import MaxPool2d as _MaxPoolOp
 from matgrad.nn import init
 from matgrad.nn.activation import Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
@@ -172,13 +172,13 @@ class Conv2d(_ImageLayer):
     def set_image_shape(self, image_shape: Shape, where: str = "", source: str = "") -> None:
         super().set_image_shape(image_shape, where, source)
         c, h, w = self.image_shape  # type: ignore[misc]
-        self._window = _window(self._label(), (c, h, w), self.kernel_size, self.stride, self.padding, self.dilation)
+        self._window = conv_window(self._label(), (c, h, w), self.kernel_size, self.stride, self.padding, self.dilation)
 
     def output_shape(self, image_shape: Shape | None = None) -> Shape:
         shape = image_shape or self.image_shape
         if shape is None:
             raise self._unknown()
-        w = _window(self._label(), shape, self.kernel_size, self.stride, self.padding, self.dilation)
+        w = conv_window(self._label(), shape, self.kernel_size, self.stride, self.padding, self.dilation)
         return self.out_channels, w.out_h, w.out_w
 
     def checkpoint_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -235,7 +235,7 @@ class _Pool(_ImageLayer):
     def window(self, shape: Shape) -> Window:
         found = self._windows.get(shape)
         if found is None:
-            found = self._windows[shape] = _pool_window(
+            found = self._windows[shape] = pool_window(
                 self._label(), shape, self.kernel_size, self.stride, self.padding, self.dilation
             )
         return found
