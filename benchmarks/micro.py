@@ -30,6 +30,10 @@ Four sections, each printed as a Markdown table (and all of it to ``--json FILE`
 4. Optimiser overhead: ``SGD.step()`` over an MLP's parameters against the same in-place NumPy
    updates (``w -= float32(lr) * g``), and ``zero_grad()``.
 
+``--backend array-api-numpy`` runs sections 1 and 4 on the Array API kernels serving NumPy
+(``ArrayApiBackend("numpy")``, the code behind torch, cupy and array_api_strict) instead of the
+hand-tuned numpy backend: the same NumPy arrays, so the overhead columns compare the two codes.
+
 BLAS runs on one thread by default (``--threads``): the subject is the Python around the
 kernels, and on a busy 2-core machine a 2-thread OpenBLAS call stalls for milliseconds whenever
 one of its threads is descheduled, which swamps differences of a microsecond.
@@ -53,6 +57,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench
 
 # -- section 1: per-op overhead ------------------------------------------------------------------
+
+BACKEND = "numpy"  # or "array-api-numpy" (--backend)
+
+
+def _backend(mg: Any) -> Any:
+    """The matgrad backend measured: numpy, or the Array API kernels over NumPy."""
+    if BACKEND == "array-api-numpy":
+        from matgrad.backends.array_api import ArrayApiBackend
+
+        return ArrayApiBackend("numpy")
+    return mg.backends.get("numpy")
 
 
 def _ce_numpy(np: Any) -> tuple[Any, Any]:
@@ -78,7 +93,7 @@ def op_cases(seed: int = 0) -> list[dict[str, Any]]:
 
     import matgrad as mg
 
-    be = mg.backends.get("numpy")
+    be = _backend(mg)
     rng = np.random.default_rng(seed)
     F = mg.functional
 
@@ -86,7 +101,7 @@ def op_cases(seed: int = 0) -> list[dict[str, Any]]:
         return rng.standard_normal(shape, dtype=np.float32)
 
     def t(a: Any, grad: bool) -> Any:
-        x = mg.tensor._wrap(a, be)
+        x = mg.Tensor2D.from_native(a, be)
         x.requires_grad = grad
         return x
 
@@ -145,12 +160,12 @@ def _train_step_case(mg: Any, np: Any, rng: Any) -> dict[str, Any]:
 
     sizes = [784, 128, 10]
     params = ref.init_params(sizes, 0)
-    be = mg.backends.get("numpy")
-    model = mg.nn.MLP(sizes, backend="numpy")
+    be = _backend(mg)
+    model = mg.nn.MLP(sizes, backend=be)
     with mg.no_grad():
         for lin, (w, b) in zip([m for m in model if isinstance(m, mg.nn.Linear)], params):
-            lin.weight.copy_(mg.tensor._wrap(w, be))
-            lin.bias.copy_(mg.tensor._wrap(b.reshape(1, -1), be))
+            lin.weight.copy_(mg.Tensor2D.from_native(w, be))
+            lin.bias.copy_(mg.Tensor2D.from_native(b.reshape(1, -1), be))
     opt = mg.optim.SGD(model.parameters(), lr=0.1)
     xb = rng.random((64, 784), dtype=np.float32)
     yb = rng.integers(0, 10, size=64).astype(np.int64)
@@ -158,8 +173,8 @@ def _train_step_case(mg: Any, np: Any, rng: Any) -> dict[str, Any]:
         "model": model,
         "opt": opt,
         "F": mg.functional,
-        "xb": mg.tensor._wrap(xb, be),
-        "yb": mg.tensor._wrap(yb.reshape(-1, 1), be),
+        "xb": mg.Tensor2D.from_native(xb, be),
+        "yb": mg.Tensor2D.from_native(yb.reshape(-1, 1), be),
     }
     return {
         "op": "train step 784-128-10",
@@ -396,15 +411,15 @@ def optimizer_overhead(repeats: int, min_time: float) -> list[dict[str, Any]]:
 
     import matgrad as mg
 
-    be = mg.backends.get("numpy")
+    be = _backend(mg)
     rows = []
     for sizes in ([784, 128, 10], [784, 256, 128, 10]):
-        model = mg.nn.MLP(sizes, backend="numpy")
+        model = mg.nn.MLP(sizes, backend=be)
         params = list(model.parameters())
         rng = np.random.default_rng(0)
         grads = [rng.standard_normal(p.shape, dtype=np.float32) * 1e-6 for p in params]
         for p, g in zip(params, grads):
-            p.grad = mg.tensor._wrap(g, be)
+            p.grad = mg.Tensor2D.from_native(g, be)
         opt = mg.optim.SGD(params, lr=0.1)
         raw = [(p.numpy().copy(), g) for p, g in zip(params, grads)]
         lr = np.float32(0.1)
@@ -439,7 +454,7 @@ def optimizer_overhead(repeats: int, min_time: float) -> list[dict[str, Any]]:
 def print_report(report: dict[str, Any]) -> None:
     print(f"Measured {_bench.describe_machine(report['machine'])}; load average at end {report['loadavg_end']}")
     print(f"{report['threads']} BLAS threads; {report['repeats']} interleaved rounds of >= {report['min_time']} s each")
-    print("\n### Per-op overhead, numpy backend (microseconds per call)\n")
+    print(f"\n### Per-op overhead, {report.get('backend', 'numpy')} backend (microseconds per call)\n")
     rows = [
         [
             r["op"],
@@ -559,8 +574,16 @@ def main() -> int:
     p.add_argument("--chain-backends", default="numpy,python", help="backends for the chain (default numpy,python)")
     p.add_argument("--skip-ops", action="store_true", help="skip the per-op and optimiser sections")
     p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument(
+        "--backend",
+        choices=("numpy", "array-api-numpy"),
+        default="numpy",
+        help="matgrad side of sections 1 and 4: the numpy backend, or the Array API kernels over NumPy",
+    )
     p.add_argument("--chain-worker", help=argparse.SUPPRESS)
     args = p.parse_args()
+    global BACKEND
+    BACKEND = args.backend
     _bench.set_threads(args.threads)
     if args.chain_worker:
         print(json.dumps(chain_worker(args.chain, args.chain_worker)))
@@ -571,6 +594,7 @@ def main() -> int:
         "threads": args.threads,
         "repeats": args.repeats,
         "min_time": args.min_time,
+        "backend": args.backend,
         "ops": [],
     }
     if not args.skip_ops:

@@ -51,8 +51,8 @@ def run_matgrad(data, sizes, epochs, lr, momentum, batch, perms, seed, init_from
         t0 = time.perf_counter()
         for lo in range(0, len(perm), batch):
             idx = perm[lo : lo + batch]
-            xb = mg.tensor._wrap(x_np[idx], be)
-            yb = mg.tensor._wrap(y_np[idx], be)
+            xb = mg.Tensor2D.from_native(x_np[idx], be)
+            yb = mg.Tensor2D.from_native(y_np[idx], be)
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad()
             loss.backward()

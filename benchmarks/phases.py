@@ -45,8 +45,8 @@ def _matgrad_model(sizes: list[int], params: ref.Params, lr: float) -> tuple[Any
     model = mg.nn.MLP(sizes, backend="numpy")
     with mg.no_grad():
         for lin, (w, b) in zip([m for m in model if isinstance(m, mg.nn.Linear)], params):
-            lin.weight.copy_(mg.tensor._wrap(np.ascontiguousarray(w), be))
-            lin.bias.copy_(mg.tensor._wrap(b.reshape(1, -1).copy(), be))
+            lin.weight.copy_(mg.Tensor2D.from_native(np.ascontiguousarray(w), be))
+            lin.bias.copy_(mg.Tensor2D.from_native(b.reshape(1, -1).copy(), be))
     return model, mg.optim.SGD(model.parameters(), lr=lr)
 
 
@@ -83,7 +83,7 @@ def matgrad_epoch(
 ) -> list[float]:
     """Phase times of one epoch of matgrad (numpy backend)."""
     import matgrad as mg
-    from matgrad.tensor import _wrap
+    from matgrad import Tensor2D
 
     be = mg.backends.get("numpy")
     cross_entropy = mg.functional.cross_entropy
@@ -97,7 +97,7 @@ def matgrad_epoch(
     return _timed_epoch(
         perm,
         args.batch_size,
-        lambda idx: (_wrap(x[idx], be), _wrap(y_col[idx], be)),
+        lambda idx: (Tensor2D.from_native(x[idx], be), Tensor2D.from_native(y_col[idx], be)),
         lambda xb, yb: cross_entropy(model(xb), yb),
         backward,
         opt.step,
@@ -151,7 +151,7 @@ def overhead_row(sizes: list[int], args: argparse.Namespace) -> list[str]:
     import numpy as np
 
     import matgrad as mg
-    from matgrad.tensor import _wrap
+    from matgrad import Tensor2D
 
     be = mg.backends.get("numpy")
     tiny = [8] * (len(sizes) - 1) + [3]
@@ -165,7 +165,7 @@ def overhead_row(sizes: list[int], args: argparse.Namespace) -> list[str]:
     cross_entropy = mg.functional.cross_entropy
 
     def matgrad_step() -> None:
-        loss = cross_entropy(model(_wrap(x, be)), _wrap(y_col, be))
+        loss = cross_entropy(model(Tensor2D.from_native(x, be)), Tensor2D.from_native(y_col, be))
         opt.zero_grad()
         loss.backward()
         opt.step()

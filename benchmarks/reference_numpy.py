@@ -184,10 +184,10 @@ def matgrad_gradients(params: Params, xb: Any, yb: Any) -> tuple[float, Params]:
     linears = [m for m in model if isinstance(m, mg.nn.Linear)]
     with mg.no_grad():
         for lin, (w, b) in zip(linears, params):
-            lin.weight.copy_(mg.tensor._wrap(np.ascontiguousarray(w, dtype=np.float32), be))
-            lin.bias.copy_(mg.tensor._wrap(np.asarray(b, dtype=np.float32).reshape(1, -1), be))
-    x = mg.tensor._wrap(np.ascontiguousarray(xb, dtype=np.float32), be)
-    y = mg.tensor._wrap(np.asarray(yb, dtype=np.int64).reshape(-1, 1), be)
+            lin.weight.copy_(mg.Tensor2D.from_native(np.ascontiguousarray(w, dtype=np.float32), be))
+            lin.bias.copy_(mg.Tensor2D.from_native(np.asarray(b, dtype=np.float32).reshape(1, -1), be))
+    x = mg.Tensor2D.from_native(np.ascontiguousarray(xb, dtype=np.float32), be)
+    y = mg.Tensor2D.from_native(np.asarray(yb, dtype=np.int64).reshape(-1, 1), be)
     loss = mg.functional.cross_entropy(model(x), y)
     loss.backward()
     grads = [(lin.weight.grad.numpy().copy(), lin.bias.grad.numpy().reshape(-1).copy()) for lin in linears]

@@ -17,12 +17,19 @@ one epoch of the training loop only:
         zero_grad(); loss.backward(); step()         # backward and update
 
 - matgrad-numpy: ``mg.nn.MLP(sizes)``, ``mg.functional.cross_entropy``, ``mg.optim.SGD``; the
-  gather (``--gather wrap``, default) is ``_wrap(X[idx])`` on NumPy arrays, the same fancy indexing
+  gather (``--gather wrap``, default) is ``Tensor2D.from_native(X[idx])`` on NumPy arrays, the same fancy indexing
   as the reference, so the difference measures matgrad itself; ``--gather index`` indexes a
   Tensor2D instead (``X_t[idx]``, what a user would write).
+- matgrad-compiled: the same step wrapped in ``matgrad.compile`` (captured on its first calls,
+  replayed after; the ``--gather wrap`` loop only).
 - numpy-reference: ``benchmarks/reference_numpy.py`` (manual backward, buffers reused, in place).
 - torch: ``torch.nn.Sequential(Linear, ReLU, ..., Linear)``, ``F.cross_entropy``,
   ``torch.optim.SGD``; the gather is tensor indexing ``X_t[perm_t[lo:hi]]`` (no DataLoader).
+- matgrad-torch (on request, ``--frameworks``): matgrad's torch backend on the CPU (the Array API
+  kernels over PyTorch); the gather is the kernel-level ``take`` of a native index, as ``DataLoader``.
+- matgrad-array-api-numpy (on request): the same Array API kernels serving NumPy
+  (``ArrayApiBackend("numpy")``, through ``array_api_compat.numpy``), gathered as matgrad-numpy:
+  what the hand-tuned numpy backend would cost if it were the generic code.
 - matgrad-python: the pure-Python backend on a subset (``--python-samples``, default 5,000: the
   first rows of the permutation, gathered with ``X_t[list_of_rows]``), the epoch time scaled to
   ``--extrapolate-to`` (default 60,000) samples. Run ``--python-repeats`` times (default once).
@@ -57,7 +64,8 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench
 
-FRAMEWORKS = ("matgrad-numpy", "numpy-reference", "torch")
+FRAMEWORKS = ("matgrad-numpy", "matgrad-compiled", "numpy-reference", "torch")
+EXTRA = ("matgrad-torch", "matgrad-array-api-numpy")  # run only when --frameworks names them
 PYTHON = "matgrad-python"
 DEFAULT_MODELS = "784-128-10,784-256-128-10"
 
@@ -67,14 +75,24 @@ DEFAULT_MODELS = "784-128-10,784-256-128-10"
 # ---------------------------------------------------------------------------------------------
 
 
-def _matgrad_trainer(args: argparse.Namespace, backend: str, x: Any, y: Any) -> dict[str, Callable[..., Any]]:
+def _matgrad_trainer(
+    args: argparse.Namespace, backend: Any, x: Any, y: Any, compiled: bool = False
+) -> dict[str, Callable[..., Any]]:
     import numpy as np
 
     import matgrad as mg
-    from matgrad.tensor import _wrap
+    from matgrad import Tensor2D
 
+    if backend == "matgrad-array-api-numpy":
+        from matgrad.backends.array_api import ArrayApiBackend
+
+        backend = ArrayApiBackend("numpy")
     mg.set_backend(backend)
     be = mg.backends.get(backend)
+    if be.name == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
     F = mg.functional
     model = mg.nn.MLP(args.sizes)
     linears = [m for m in model if isinstance(m, mg.nn.Linear)]
@@ -90,7 +108,21 @@ def _matgrad_trainer(args: argparse.Namespace, backend: str, x: Any, y: Any) -> 
     def params() -> Any:
         return [(np.asarray(lin.weight.numpy()), np.asarray(lin.bias.numpy())) for lin in linears]
 
-    if backend == "python":
+    if be.name == "torch":  # data on the backend once; each batch a kernel-level take of a native index
+        x_n, y_n = be.from_array(x, "float32"), be.from_array(y.reshape(-1, 1), "int64")
+
+        def epoch(perm: Any) -> None:
+            order = be.indices(be.from_array(perm.reshape(1, -1), "int64"))
+            for lo in range(0, len(perm), bs):
+                idx = order[lo : min(lo + bs, len(perm))]
+                xb = Tensor2D.from_native(be.take(x_n, idx, slice(None)), be)
+                yb = Tensor2D.from_native(be.take(y_n, idx, slice(None)), be)
+                loss = F.cross_entropy(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+    elif backend == "python":
         # x, y are the subset already (rows in dataset order); `order` lists subset positions.
         x_t = mg.Tensor2D(x, backend="python")
         y_t = mg.Tensor2D(y.reshape(-1, 1), dtype="int64", backend="python")
@@ -106,7 +138,7 @@ def _matgrad_trainer(args: argparse.Namespace, backend: str, x: Any, y: Any) -> 
                 opt.step()
 
     elif args.gather == "index":
-        x_t, y_t = _wrap(x, be), _wrap(y.reshape(-1, 1), be)
+        x_t, y_t = Tensor2D.from_native(x, be), Tensor2D.from_native(y.reshape(-1, 1), be)
 
         def epoch(perm: Any) -> None:
             for lo in range(0, len(perm), bs):
@@ -120,14 +152,19 @@ def _matgrad_trainer(args: argparse.Namespace, backend: str, x: Any, y: Any) -> 
     else:
         y2 = y.reshape(-1, 1)
 
+        def train_step(xb: Any, yb: Any) -> Any:
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        step = mg.compile(train_step) if compiled else train_step
+
         def epoch(perm: Any) -> None:
             for lo in range(0, len(perm), bs):
                 idx = perm[lo : lo + bs]
-                xb, yb = _wrap(x[idx], be), _wrap(y2[idx], be)
-                loss = F.cross_entropy(model(xb), yb)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                step(Tensor2D.from_native(x[idx], be), Tensor2D.from_native(y2[idx], be))
 
     return {"load": load, "params": params, "epoch": epoch}
 
@@ -211,8 +248,14 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         x, y = x[subset], y[subset]
         trainer = _matgrad_trainer(args, "python", x, y)
         n = n_sub
-    elif fw == "matgrad-numpy":
-        trainer = _matgrad_trainer(args, "numpy", x, y)
+    elif fw in ("matgrad-numpy", "matgrad-compiled"):
+        trainer = _matgrad_trainer(args, "numpy", x, y, compiled=fw == "matgrad-compiled")
+        n = n_total
+    elif fw == "matgrad-torch":
+        trainer = _matgrad_trainer(args, "torch", x, y)
+        n = n_total
+    elif fw == "matgrad-array-api-numpy":
+        trainer = _matgrad_trainer(args, fw, x, y)
         n = n_total
     elif fw == "numpy-reference":
         trainer = _reference_trainer(args, x, y)
@@ -462,7 +505,16 @@ def _aggregate(
             }
         )
     ratios: dict[str, dict[str, Any]] = {}
-    pairs = [("matgrad-numpy", "numpy-reference"), ("matgrad-numpy", "torch"), ("torch", "numpy-reference")]
+    pairs = [
+        ("matgrad-numpy", "numpy-reference"),
+        ("matgrad-compiled", "numpy-reference"),
+        ("matgrad-numpy", "torch"),
+        ("torch", "numpy-reference"),
+        ("matgrad-array-api-numpy", "numpy-reference"),
+        ("matgrad-array-api-numpy", "matgrad-numpy"),
+        ("matgrad-torch", "numpy-reference"),
+        ("matgrad-torch", "torch"),
+    ]
     for sizes in args.sizes_list:
         model = "-".join(map(str, sizes))
         for a, b in pairs:
@@ -514,8 +566,8 @@ def _sizes_list(text: str) -> list[list[int]]:
 def _frameworks(text: str) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
     for name in names:
-        if name not in (*FRAMEWORKS, PYTHON):
-            known = ", ".join((*FRAMEWORKS, PYTHON))
+        if name not in (*FRAMEWORKS, *EXTRA, PYTHON):
+            known = ", ".join((*FRAMEWORKS, *EXTRA, PYTHON))
             raise argparse.ArgumentTypeError(f"unknown framework {name!r}; choose from {known}")
     return names
 
@@ -529,7 +581,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--frameworks",
         type=_frameworks,
         default=[*FRAMEWORKS, PYTHON],
-        help="comma-separated subset of " + ", ".join((*FRAMEWORKS, PYTHON)),
+        help="comma-separated list from " + ", ".join((*FRAMEWORKS, *EXTRA, PYTHON)),
     )
     p.add_argument("--repeats", type=int, default=5, help="alternated rounds (default 5)")
     p.add_argument("--warmup", type=int, default=50, help="warm-up batches in each run before timing (default 50)")

@@ -14,7 +14,7 @@ A ``Tensor2D`` wraps a row-major matrix and records the op and the inputs that m
 from __future__ import annotations
 
 # tensor first: the modules below import Tensor2D from it
-from matgrad.tensor import Tensor2D, get_default_dtype, set_default_dtype  # isort: skip
+from matgrad.tensor import Tensor2D, from_dlpack, from_numpy, get_default_dtype, set_default_dtype  # isort: skip
 from matgrad import data, functional, metrics, nn, optim, viz
 from matgrad._errors import (
     AnomalyError,
@@ -41,7 +41,8 @@ from matgrad.autograd import (
     set_debug,
     set_grad_enabled,
 )
-from matgrad.backends import available_backends, get_backend, manual_seed, set_backend
+from matgrad.backends import available_backends, get_backend, get_device, manual_seed, set_backend
+from matgrad.compile import compile
 from matgrad.creation import eye, full, full_like, ones, ones_like, rand, randn, uniform, zeros, zeros_like
 from matgrad.gradcheck import gradcheck, gradgradcheck
 from matgrad.io import load, save
@@ -88,15 +89,19 @@ __all__ = [
     "argmin",
     "available_backends",
     "cat",
+    "compile",
     "data",
     "detect_anomaly",
     "enable_grad",
     "exp",
     "eye",
     "full",
+    "from_dlpack",
+    "from_numpy",
     "full_like",
     "functional",
     "get_backend",
+    "get_device",
     "get_default_dtype",
     "grad",
     "gradcheck",

@@ -57,6 +57,7 @@ def full(
     requires_grad: bool = False,
     dtype: Any = None,
     backend: Any = None,
+    device: Any = None,
 ) -> Tensor2D:
     """An ``nrows x ncols`` matrix filled with ``fill_value`` (also ``full((m, n), value)``)."""
     if isinstance(nrows, tuple) and ncols is not None:
@@ -64,34 +65,52 @@ def full(
     m, n = _size("full", nrows, ncols)
     dt = dtype_name(dtype)
     _check_fill("full", fill_value, dt)
-    be = _backends.get(backend)
+    be = _backends.get(backend, device)
     return _finish(be.full(m, n, fill_value, dt), be, requires_grad)
 
 
 def zeros(
-    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None
+    nrows: Any,
+    ncols: Any = None,
+    *,
+    requires_grad: bool = False,
+    dtype: Any = None,
+    backend: Any = None,
+    device: Any = None,
 ) -> Tensor2D:
     """An ``nrows x ncols`` matrix of zeros."""
     m, n = _size("zeros", nrows, ncols)
-    be = _backends.get(backend)
+    be = _backends.get(backend, device)
     return _finish(be.full(m, n, 0, dtype_name(dtype)), be, requires_grad)
 
 
 def ones(
-    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None
+    nrows: Any,
+    ncols: Any = None,
+    *,
+    requires_grad: bool = False,
+    dtype: Any = None,
+    backend: Any = None,
+    device: Any = None,
 ) -> Tensor2D:
     """An ``nrows x ncols`` matrix of ones."""
     m, n = _size("ones", nrows, ncols)
-    be = _backends.get(backend)
+    be = _backends.get(backend, device)
     return _finish(be.full(m, n, 1, dtype_name(dtype)), be, requires_grad)
 
 
 def eye(
-    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None
+    nrows: Any,
+    ncols: Any = None,
+    *,
+    requires_grad: bool = False,
+    dtype: Any = None,
+    backend: Any = None,
+    device: Any = None,
 ) -> Tensor2D:
     """The identity: ones on the diagonal (square when ``ncols`` is omitted)."""
     m, n = _size("eye", nrows, nrows if ncols is None else ncols)
-    be = _backends.get(backend)
+    be = _backends.get(backend, device)
     return _finish(be.eye(m, n, dtype_name(dtype)), be, requires_grad)
 
 
@@ -104,6 +123,7 @@ def uniform(
     requires_grad: bool = False,
     dtype: Any = None,
     backend: Any = None,
+    device: Any = None,
 ) -> Tensor2D:
     """Samples of U(low, high), from the generator ``manual_seed`` resets."""
     m, n = _size("uniform", nrows, ncols)
@@ -112,25 +132,37 @@ def uniform(
             raise ArgumentTypeError(f"uniform: low and high must be real numbers, got {bound!r}")
     if not (math.isfinite(low) and math.isfinite(high) and low <= high):
         raise ArgumentError(f"uniform: needs finite low <= high, got low={low}, high={high}")
-    be = _backends.get(backend)
+    be = _backends.get(backend, device)
     return _finish(be.uniform(m, n, float(low), float(high), _float_dtype("uniform", dtype)), be, requires_grad)
 
 
 def rand(
-    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None
+    nrows: Any,
+    ncols: Any = None,
+    *,
+    requires_grad: bool = False,
+    dtype: Any = None,
+    backend: Any = None,
+    device: Any = None,
 ) -> Tensor2D:
     """Samples of U(0, 1)."""
     m, n = _size("rand", nrows, ncols)
-    be = _backends.get(backend)
+    be = _backends.get(backend, device)
     return _finish(be.uniform(m, n, 0.0, 1.0, _float_dtype("rand", dtype)), be, requires_grad)
 
 
 def randn(
-    nrows: Any, ncols: Any = None, *, requires_grad: bool = False, dtype: Any = None, backend: Any = None
+    nrows: Any,
+    ncols: Any = None,
+    *,
+    requires_grad: bool = False,
+    dtype: Any = None,
+    backend: Any = None,
+    device: Any = None,
 ) -> Tensor2D:
     """Samples of N(0, 1)."""
     m, n = _size("randn", nrows, ncols)
-    be = _backends.get(backend)
+    be = _backends.get(backend, device)
     return _finish(be.normal(m, n, 0.0, 1.0, _float_dtype("randn", dtype)), be, requires_grad)
 
 

@@ -136,7 +136,7 @@ def _target_column(name: str, targets: Any, n: int, c: int, be: Backend) -> Any:
     """Class indices for ``n`` rows of ``c`` classes as a native int64 (n, 1) matrix on ``be``.
 
     Checked for type and length; lists are also checked for range (a tensor's range is checked
-    by the caller, or by the fused kernel as it gathers).
+    by the caller, or by the fused kernel as it gathers). Always new storage, never the caller's.
     """
     wanted = f"{n} rows of {n}x{c} logits need {n} class indices (an int64 {n}x1 column or a list of {n} ints)"
     if isinstance(targets, Tensor2D):
@@ -146,12 +146,16 @@ def _target_column(name: str, targets: Any, n: int, c: int, be: Backend) -> Any:
                 f"logits, got {_fmt(targets.shape)}; class indices must be an int64 {n}x1 column (.long())"
             )
         if targets._backend is not be:
+            where = "devices" if targets.backend == be.name else "backends"
             raise BackendError(
-                f"{name}: targets live on {targets.backend}, the logits on {be.name}; move one with .to()"
+                f"{name}: targets and logits live on different {where} ({targets._backend.label} and {be.label}); "
+                f"move the targets with .to(backend={be.spec!r})"
             )
         shape = targets._data.shape
+        # A copy: the loss's backward reads the classes, and the caller may refill the tensor in
+        # place (a reused batch buffer) before calling backward.
         if shape == (n, 1):
-            return targets._data
+            return be.copy(targets._data)
         if shape != (1, n):
             raise ShapeError(f"{name}: {wanted}, got {_fmt(shape)}")
         return be.transpose(targets._data)
@@ -159,6 +163,15 @@ def _target_column(name: str, targets: Any, n: int, c: int, be: Backend) -> Any:
         shape = tuple(targets.shape)
         if not (len(shape) == 1 or (len(shape) == 2 and 1 in shape)):
             raise ShapeError(f"{name}: {wanted}, got an array of shape {shape}")
+        kind = getattr(targets.dtype, "kind", None)
+        if kind in ("i", "u"):  # a NumPy array of ints: no per-element Python loop
+            if targets.size != n:
+                raise ShapeError(f"{name}: {wanted}, got {targets.size}")
+            column = be.from_array(targets.reshape(n, 1), "int64")
+            _check_range(name, be.indices(column), be, c)
+            return column
+        if kind is not None:
+            raise ArgumentTypeError(f"{name}: class indices must be integers, got an array of {targets.dtype}")
         values = targets.reshape(-1).tolist()
     elif isinstance(targets, (list, tuple, range)):
         values = list(targets)
@@ -166,16 +179,17 @@ def _target_column(name: str, targets: Any, n: int, c: int, be: Backend) -> Any:
         raise ArgumentTypeError(
             f"{name}: targets must be an int64 Tensor2D or a list of ints, got {type(targets).__name__}"
         )
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise ArgumentTypeError(f"{name}: class indices must be ints, found {type(v).__name__} {v!r:.40}")
+    if not set(map(type, values)) <= {int}:  # the common case is checked at C speed
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ArgumentTypeError(f"{name}: class indices must be ints, found {type(v).__name__} {v!r:.40}")
+        values = [int(v) for v in values]
     if len(values) != n:
         raise ShapeError(f"{name}: {wanted}, got {len(values)}")
-    values = [int(v) for v in values]
-    bad = next((v for v in values if not 0 <= v < c), None)
-    if bad is not None:
+    if values and (min(values) < 0 or max(values) >= c):
+        bad = next(v for v in values if not 0 <= v < c)
         raise ArgumentError(f"{name}: target {bad} is out of range for {c} classes (valid: 0 to {c - 1})")
-    return be.from_rows([[v] for v in values], "int64")
+    return be.reshape(be.from_rows([values], "int64"), n, 1)
 
 
 class CrossEntropy(Op):
@@ -350,10 +364,14 @@ def mse_loss(input: Tensor2D, target: Tensor2D, reduction: str = "mean") -> Tens
 
 
 class BCEWithLogits(Op):
-    """``L = max(x, 0) - x y + log(1 + exp(-|x|))``;  ``dx = G (sigmoid(x) - y)``,  ``dy = -G x``.
+    """``L = y softplus(-x) + (1 - y) softplus(x)``;  ``dx = G (sigmoid(x) - y)``,  ``dy = -G x``.
 
     A fused op on purpose: composed from relu, abs and log1p, the gradient at x = 0 comes out as
-    ``-y`` instead of ``0.5 - y`` (relu and abs both have slope 0 there).
+    ``-y`` instead of ``0.5 - y`` (relu and abs both have slope 0 there). ``softplus(z)`` is
+    ``max(z, 0) + log1p(exp(-|z|))``; a term whose weight (``y`` or ``1 - y``) is exactly 0 adds
+    nothing, so an infinite logit gives the limit (0 for a matching target, +inf otherwise)
+    rather than ``0 * inf`` or ``inf - inf`` (the usual ``max(x, 0) - x y + ...`` gives NaN at
+    x = +inf, y = 0; PyTorch's gives NaN at x = -inf, y = 1).
     """
 
     name = "binary_cross_entropy_with_logits"
@@ -364,8 +382,12 @@ class BCEWithLogits(Op):
         return "bce_with_logits"
 
     def forward(self, be: Backend, x: Data, y: Data) -> Data:
-        soft = be.unary("log1p", be.unary("exp", be.unary("neg", be.unary("abs", x))))
-        return be.add(be.sub(be.maximum(x, 0.0), be.mul(x, y)), soft)
+        tail = be.unary("log1p", be.unary("exp", be.unary("neg", be.unary("abs", x))))
+        below = be.add(be.maximum(be.unary("neg", x), 0.0), tail)  # softplus(-x) = -log sigmoid(x)
+        above = be.add(be.maximum(x, 0.0), tail)  # softplus(x) = -log(1 - sigmoid(x))
+        pos = be.where(be.compare("eq", y, 0.0), 0.0, be.mul(y, below))
+        neg = be.where(be.compare("eq", y, 1.0), 0.0, be.mul(be.sub(1.0, y), above))
+        return be.add(pos, neg)
 
     def backward(self, grad: Tensor2D, x: Tensor2D, y: Tensor2D) -> tuple[Tensor2D | None, ...]:
         need_x, need_y = self.needs_input_grad
@@ -381,6 +403,7 @@ def binary_cross_entropy_with_logits(input: Tensor2D, target: Tensor2D, reductio
     return _reduce(BCEWithLogits()(input, target), red)
 
 
+# --8<-- [start:softplus]
 class Softplus(Op):
     """``C = log(1 + exp(beta A)) / beta``;  ``dA = G * sigmoid(beta A)`` (``C = A``, ``dA = G`` above the threshold).
 
@@ -417,6 +440,9 @@ def softplus(input: Tensor2D, beta: float = 1.0, threshold: float = 20.0) -> Ten
     return Softplus(float(beta), float(threshold))(input)
 
 
+# --8<-- [end:softplus]
+
+
 class Dropout(Op):
     """``C = A * M / (1 - p)`` for a random 0/1 mask ``M``;  ``dA = where(M, G / (1 - p), 0)``."""
 
@@ -432,7 +458,7 @@ class Dropout(Op):
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         be = grad._backend
         if not (_state.grad_enabled or _state.anomaly):
-            return (_wrap(be.where(self.mask, be.mul(grad._data, self.scale), 0.0), be),)
+            return (_wrap(be.keep(be.mul(grad._data, self.scale), self.mask), be),)
         return (Where()(_wrap(self.mask, be), grad * self.scale, 0.0),)
 
 

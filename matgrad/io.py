@@ -14,12 +14,10 @@ numbers and JSON, and ``load`` validates the whole header before it reads any te
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import secrets
 import struct
 import sys
 from array import array
@@ -29,12 +27,14 @@ from itertools import chain
 from typing import Any, Iterable, Mapping, NamedTuple, Union
 
 from matgrad import backends as _backends
-from matgrad._errors import ArgumentError, CheckpointError, DTypeError
+from matgrad._errors import ArgumentError, ArgumentTypeError, CheckpointError, DTypeError
+from matgrad._files import atomic_write, open_regular
+from matgrad._memory import check_memory, element_bytes
 from matgrad.backends.base import FLOAT_DTYPES, Backend
 from matgrad.backends.python import Matrix, PythonBackend
-from matgrad.tensor import Tensor2D, _wrap, dtype_name
+from matgrad.tensor import Tensor2D, dtype_name
 
-__all__ = ["load", "load_metadata", "save"]
+__all__ = ["TensorInfo", "load", "load_header", "load_metadata", "save"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 Chunk = Union[bytes, bytearray, memoryview, "array[Any]"]
@@ -100,7 +100,11 @@ def save(obj: Any, path: PathLike, metadata: Mapping[str, str] | None = None) ->
     MLP's or a CNN's file loads unchanged into the same ``torch.nn.Sequential``.
     ``metadata`` (str -> str) goes in the header's ``__metadata__``, keys sorted. The bytes go to a
     temporary file beside ``path``, which replaces ``path`` only once complete and synced: an
-    error or Ctrl-C mid-save leaves any previous file untouched and no temporary file behind.
+    error or Ctrl-C mid-save leaves any previous file untouched and no temporary file behind, and
+    the next save to ``path`` deletes what a killed save left. A symlink is followed (the file it
+    points to is replaced); an existing file keeps its permission bits, a new one gets the umask
+    default. A directory, a missing folder, a read-only file or a full disk raise ``OSError``
+    naming ``path``.
     """
     filename = _filename("save", path)
     tensors = _named_tensors(obj)
@@ -128,13 +132,15 @@ def _named_tensors(obj: Any) -> Mapping[str, Tensor2D]:
     """The validated name -> Tensor2D mapping of a Module (``state_dict()``) or a mapping."""
     state = obj.state_dict() if callable(getattr(obj, "state_dict", None)) else obj
     if not isinstance(state, Mapping):
-        raise TypeError(f"save: expected a Module or a mapping of name -> Tensor2D, got {type(obj).__name__}")
+        raise ArgumentTypeError(f"save: expected a Module or a mapping of name -> Tensor2D, got {type(obj).__name__}")
     for name, value in state.items():
         _check_text("save: tensor name", name)
         if name == "__metadata__":
             raise ArgumentError("save: '__metadata__' is reserved by the format; pass metadata=... instead")
         if not isinstance(value, Tensor2D):
-            raise TypeError(f"save: {name!r} is a {type(value).__name__}, not a Tensor2D; wrap it: Tensor2D(value)")
+            raise ArgumentTypeError(
+                f"save: {name!r} is a {type(value).__name__}, not a Tensor2D; wrap it: Tensor2D(value)"
+            )
     return state
 
 
@@ -154,11 +160,11 @@ def _stored_shapes(obj: Any) -> dict[str, list[int]]:
 
 def _checked_metadata(metadata: Any) -> dict[str, str]:
     if not isinstance(metadata, Mapping):
-        raise TypeError(f"save: metadata must be a mapping of str -> str, got {type(metadata).__name__}")
+        raise ArgumentTypeError(f"save: metadata must be a mapping of str -> str, got {type(metadata).__name__}")
     for key, value in metadata.items():
         _check_text("save: metadata key", key, allow_empty=True)
         if not isinstance(value, str):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"save: metadata values must be str, but metadata[{key!r}] is {value!r} ({type(value).__name__}); "
                 "write str(value) or json.dumps(value)"
             )
@@ -168,7 +174,7 @@ def _checked_metadata(metadata: Any) -> dict[str, str]:
 
 def _check_text(what: str, text: Any, allow_empty: bool = False) -> None:
     if not isinstance(text, str):
-        raise TypeError(f"{what} must be a str, got {type(text).__name__} ({text!r})")
+        raise ArgumentTypeError(f"{what} must be a str, got {type(text).__name__} ({text!r})")
     if not text and not allow_empty:
         raise ArgumentError(f"{what} is empty")
     try:
@@ -180,10 +186,10 @@ def _check_text(what: str, text: Any, allow_empty: bool = False) -> None:
 def _encode(name: str, t: Tensor2D) -> Chunk:
     """The little-endian row-major bytes of ``t`` (a buffer the file writes without copying)."""
     layout = _LAYOUTS[_SAVED_AS[t.dtype]]
-    backend, data = t._backend, t._data
-    np = _numpy() if backend.name == "numpy" else None
-    if np is not None:
-        return memoryview(np.ascontiguousarray(data, dtype=layout.np))
+    backend, data = t.kernels, t.native
+    np = _numpy() if backend.name != "python" else None
+    if np is not None:  # numpy, and the Array API backends through their copy to NumPy (from any device)
+        return memoryview(np.ascontiguousarray(backend.to_numpy(data), dtype=layout.np))
     values = data.data if isinstance(data, Matrix) else list(chain.from_iterable(backend.tolist(data)))
     try:
         buffer = array(layout.code, values)
@@ -197,21 +203,9 @@ def _encode(name: str, t: Tensor2D) -> Chunk:
 
 def _write_atomically(filename: str, chunks: Iterable[Chunk]) -> None:
     """Write ``chunks`` to a new file beside ``filename``, fsync it, then rename it over ``filename``."""
-    directory, base = os.path.split(os.path.abspath(filename))
-    temp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
-    # mode 0o666 (the umask applies), as a plain open() would create it; mkstemp would give 0o600
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, filename)
-    except BaseException:  # KeyboardInterrupt too: never leave a partial file behind
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    with atomic_write(filename, "save") as f:
+        for chunk in chunks:
+            f.write(chunk)
 
 
 # -- load -----------------------------------------------------------------------------------------
@@ -245,8 +239,9 @@ def load(path: PathLike, *, backend: str | Backend | None = None, dtype: Any = N
             f"load: dtype= converts the floating tensors, so it must be 'float32' or 'float64', not "
             f"{float_dtype!r} (integer tensors always load as int64)"
         )
-    with open(filename, "rb") as f:
+    with open_regular(filename, CheckpointError) as f:
         entries, _ = _read_header(f, filename)
+        _check_memory(entries, be, float_dtype, filename)
         # the header checked that the tensors tile the data section, in this order, from here on
         return {
             e.name: _decode(_read(f, e.end - e.begin, filename, f"tensor {e.name!r}"), e, be, float_dtype)
@@ -256,15 +251,49 @@ def load(path: PathLike, *, backend: str | Backend | None = None, dtype: Any = N
 
 def load_metadata(path: PathLike) -> dict[str, str]:
     """The ``__metadata__`` of the safetensors file at ``path`` (``{}`` if none); reads only the header."""
-    filename = _filename("load_metadata", path)
-    with open(filename, "rb") as f:
-        return _read_header(f, filename)[1]
+    return load_header(path)[1]
+
+
+class TensorInfo(NamedTuple):
+    """What the header says of one tensor: its ``dtype`` in the file (``"F32"``, ...) and its
+    ``shape`` as it loads (1-D tensors as (1, n) rows)."""
+
+    dtype: str
+    shape: tuple[int, int]
+
+
+def load_header(path: PathLike) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """``({name: TensorInfo(dtype, shape)}, metadata)`` of the safetensors file at ``path``.
+
+    Reads and validates only the header (at most ``MAX_HEADER_BYTES``), so it costs nothing
+    however large the tensors are: check shapes against what you expect before ``load``.
+    """
+    filename = _filename("load_header", path)
+    with open_regular(filename, CheckpointError) as f:
+        entries, metadata = _read_header(f, filename)
+    return {e.name: TensorInfo(e.dtype, e.shape) for e in entries}, metadata
+
+
+def _check_memory(entries: list[_Entry], be: Backend, float_dtype: str | None, filename: str) -> None:
+    """Refuse before reading the data when the loaded tensors would not fit in memory."""
+    need = 0
+    for e in entries:
+        layout = _LAYOUTS[e.dtype]
+        dtype = layout.dtype if layout.dtype == "int64" else float_dtype or layout.dtype
+        need += e.shape[0] * e.shape[1] * element_bytes(be.name, dtype)
+    largest = max((e.end - e.begin for e in entries), default=0)
+    check_memory(
+        need + 2 * largest,  # the tensors, plus one tensor's bytes and their decoding in flight
+        f"{filename}: loading {len(entries)} tensors on the {be.name} backend",
+        "free memory, or load it on a machine with more",
+        CheckpointError,
+    )
 
 
 def _filename(op: str, path: Any) -> str:
     name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
     if not isinstance(name, str):
-        raise TypeError(f"{op}: path must be a str or os.PathLike, got {type(path).__name__}")
+        raise ArgumentTypeError(f"{op}: path must be a str or os.PathLike, got {type(path).__name__}")
     return name
 
 
@@ -474,14 +503,17 @@ def _decode(raw: bytearray, e: _Entry, be: Backend, float_dtype: str | None) -> 
     if e.dtype == "BF16":
         raw = _widen_bf16(raw)
     rows, cols = e.shape
-    np = _numpy() if be.name == "numpy" else None
+    np = _numpy() if be.name != "python" else None
     if np is not None:
         with np.errstate(over="ignore"):  # F64 -> float32 rounds huge values to inf, as a cast does
             # frombuffer over the writable bytearray, and astype copies only if the dtype differs
-            return _wrap(np.frombuffer(raw, dtype=layout.np).reshape(rows, cols).astype(dtype, copy=False), be)
+            host = np.frombuffer(raw, dtype=layout.np).reshape(rows, cols).astype(dtype, copy=False)
+        if be.name == "numpy":
+            return Tensor2D.from_native(host, be)
+        return Tensor2D.from_native(be.from_array(host, dtype), be)  # NumPy rounds, the device receives
     values = _unpack(raw, layout.code)
     if dtype == "float32" and layout.code == "d":
         values = array("f", values).tolist()  # round to float32, as the python backend does
     if isinstance(be, PythonBackend):
-        return _wrap(Matrix._wrap(rows, cols, values, dtype), be)
-    return _wrap(be.from_rows([values[i : i + cols] for i in range(0, rows * cols, cols)], dtype), be)
+        return Tensor2D.from_native(Matrix._wrap(rows, cols, values, dtype), be)
+    return Tensor2D.from_native(be.from_rows([values[i : i + cols] for i in range(0, rows * cols, cols)], dtype), be)

@@ -12,7 +12,6 @@ upstream gradient times 0 is NaN, while the derivative there is 0.
 
 from __future__ import annotations
 
-import builtins
 import math
 import numbers
 from typing import Any, Literal, Sequence, Union
@@ -20,11 +19,11 @@ from typing import Any, Literal, Sequence, Union
 from matgrad import _checks
 from matgrad import backends as _backends
 from matgrad._checks import fmt as _fmt
-from matgrad._errors import ArgumentError, ArgumentTypeError, DTypeError, ShapeError, TensorIndexError
+from matgrad._errors import ArgumentError, ArgumentTypeError, ShapeError
 from matgrad.autograd.grad_mode import state as _state
 from matgrad.autograd.graph import Op
 from matgrad.backends.base import FLOAT_DTYPES, Backend, Data, Index
-from matgrad.tensor import Tensor2D, _wrap, check_size, dtype_name, get_default_dtype
+from matgrad.tensor import Tensor2D, _wrap, check_size, dtype_name, get_default_dtype, require_int64_range
 
 __all__ = [
     "abs",
@@ -71,28 +70,13 @@ def _recording() -> bool:
     return st.grad_enabled or st.anomaly
 
 
-def _select(mask: Data, grad: Tensor2D, other: float = 0.0) -> Tensor2D:
-    """``where(mask, grad, other)`` for a constant 0/1 ``mask``: one kernel unless it must be recorded."""
+def _select(mask: Data, grad: Tensor2D) -> Tensor2D:
+    """``where(mask, grad, 0)`` for a 0/1 ``mask`` built by ``compare``: one kernel unless it must be recorded."""
     be = grad._backend
-    if not _recording():
-        return _wrap(be.where(mask, grad._data, other), be)
-    return Where()(_wrap(mask, be), grad, other)
-
-
-def check_inplace_operand(name: str, target: Tensor2D, other: Any, alpha: float = 1.0) -> None:
-    """Validate the operand of an in-place update (``add_``, ``copy_``, ``mul_``)."""
-    if target.dtype == "int64":
-        numbers_used = [alpha] if isinstance(other, Tensor2D) else [alpha, other]
-        if any(isinstance(v, numbers.Real) and not float(v).is_integer() for v in numbers_used):
-            raise DTypeError(f"{name}: an int64 tensor cannot take the non-integer {numbers_used[-1]!r}; use .float()")
-    if isinstance(other, Tensor2D):
-        _checks.same_storage(name, target, other)
-        if other.shape != target.shape:
-            _checks.broadcast_shape(name, target.shape, other.shape)
-            if other.nrows > target.nrows or other.ncols > target.ncols:
-                raise _checks.broadcast_error(name, target.shape, other.shape)
-    elif not (isinstance(other, numbers.Real) and not isinstance(other, bool)):
-        raise ArgumentTypeError(f"{name}: expected a Tensor2D or a number, got {type(other).__name__}")
+    st = _state
+    if not (st.grad_enabled or st.anomaly):
+        return _wrap(be.keep(grad._data, mask), be)
+    return Where()(_wrap(mask, be), grad, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,8 +156,9 @@ class Where(Op):
 
     def backward(self, grad: Tensor2D, cond: Tensor2D, a: Tensor2D, b: Tensor2D) -> tuple[Tensor2D | None, ...]:
         _, need_a, need_b = self.needs_input_grad
-        ga = _select(cond._data, grad) if need_a else None
-        gb = _select(grad._backend.compare("eq", cond._data, 0.0), grad) if need_b else None
+        be = grad._backend
+        ga = _select(be.compare("ne", cond._data, 0.0, grad.dtype), grad) if need_a else None  # cond: any non-zero
+        gb = _select(be.compare("eq", cond._data, 0.0, grad.dtype), grad) if need_b else None
         return None, ga, gb
 
 
@@ -202,28 +187,7 @@ def where(cond: Tensor2D, a: TensorLike, b: TensorLike) -> Tensor2D:
 
     ``a`` and ``b`` (tensors or numbers) broadcast to ``cond``'s shape, which is the result's.
     """
-    cond = _checks.tensor("where", cond)
-    if not isinstance(a, Tensor2D) and not isinstance(b, Tensor2D):  # two numbers: cond's floating dtype
-        like = (
-            cond
-            if cond.dtype in FLOAT_DTYPES
-            else _wrap(cond._backend.full(1, 1, 0, get_default_dtype()), cond._backend)
-        )
-        a = _checks.as_operand(a, like, "where")
-    a, b = _checks.binary("where", a, b)
-    if cond._backend is not a._backend:
-        _checks.same_storage("where", a, cond)
-    shape = (builtins.max(a.nrows, b.nrows), builtins.max(a.ncols, b.ncols))
-    if shape != cond.shape:
-        try:
-            full = _checks.broadcast_shape("where", cond.shape, shape)
-        except ShapeError:
-            full = None
-        if full != cond.shape:
-            raise ShapeError(
-                f"where: cond is {_fmt(cond.shape)} but the values are {_fmt(a.shape)} and {_fmt(b.shape)}; "
-                "they must broadcast to cond's shape"
-            )
+    cond, a, b = _checks.where_operands(cond, a, b)
     return Where()(cond, a, b)
 
 
@@ -262,7 +226,9 @@ class Pow(Op):
     """``C = A ** p`` for a constant ``p``;  ``dA = G * p * A ** (p - 1)`` (0 for ``p = 0``, ``G`` for ``p = 1``).
 
     ``p = 0`` and ``p = 1`` are special-cased: written as the general rule, ``0 * 0 ** -1`` is
-    ``0 * inf = nan`` at ``A = 0``, where the derivative of a constant is 0 (PyTorch: 0).
+    ``0 * inf = nan`` at ``A = 0``, where the derivative of a constant is 0 (PyTorch: 0), also
+    for an infinite ``G`` and under ``create_graph``. ``p = 0.5`` uses sqrt's rule ``G / (2 C)``:
+    NumPy computes ``A ** 0.5`` as ``sqrt(A)`` (NaN at -inf), and the rule must be NaN there too.
     """
 
     __slots__ = ("exponent",)
@@ -279,12 +245,14 @@ class Pow(Op):
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         p = self.exponent
-        if p == 0:
-            return (grad * 0.0 if _recording() else _wrap(a._backend.full(*a.shape, 0.0, a.dtype), a._backend),)
+        if p == 0:  # a constant zero, also under create_graph (grad * 0 would be NaN for an infinite G)
+            return (_wrap(a._backend.full(*a.shape, 0.0, a.dtype), a._backend),)
         if p == 1:
             return (grad,)
         if p == 2:
             return (grad * (a * 2.0),)
+        if p == 0.5:  # sqrt's rule, G / (2 sqrt(A)): NaN where the output is (A = -inf), as PyTorch
+            return (grad / (a**0.5 * 2.0),)
         return (grad * (p * a ** (p - 1)),)
 
 
@@ -343,7 +311,12 @@ class Abs(Op):
 
 
 class ReLU(Op):
-    """``C = max(A, 0)``;  ``dA = where(A > 0, G, 0)`` (0 at A = 0, as PyTorch)."""
+    """``C = max(A, 0)``;  ``dA = where(A > 0, G, 0)`` (0 at A = 0, as PyTorch).
+
+    Selected at multiply speed (``keep``). At a NaN input the gradient is 0, where PyTorch's
+    ``threshold_backward`` passes ``G`` on; the output (and so the loss) is NaN there already,
+    and passing it would cost a kernel per step.
+    """
 
     saves = (0,)
 
@@ -524,7 +497,8 @@ class MatMul(Op):
 
 def gemm(a: Tensor2D, b: Tensor2D, trans_a: bool = False, trans_b: bool = False) -> Tensor2D:
     """``op(a) @ op(b)`` without materialising the transposes (used by backward rules)."""
-    if not _recording():  # backward without create_graph: the kernel alone
+    st = _state
+    if not (st.grad_enabled or st.anomaly):  # backward without create_graph: the kernel alone
         be = a._backend
         return _wrap(be.matmul(a._data, b._data, trans_a, trans_b), be)
     return MatMul(trans_a, trans_b)(a, b)
@@ -545,10 +519,13 @@ def matmul(a: Tensor2D, b: Tensor2D) -> Tensor2D:
 
 
 class Transpose(Op):
-    """``C = A.T``;  ``dA = G.T``."""
+    """``C = A.T``;  ``dA = G.T``.
+
+    Always a copy in its own storage (row-major storage cannot hold a transpose as a view; PyTorch's
+    ``.T`` is one), on both backends alike.
+    """
 
     float_only = False
-    views = True
 
     def forward(self, be: Backend, a: Data) -> Data:
         return be.transpose(a)
@@ -589,20 +566,7 @@ def reshape(a: Tensor2D, nrows: int, ncols: int) -> Tensor2D:
     the shape ``a`` already has.
     """
     a = _checks.tensor("reshape", a)
-    size = a.nrows * a.ncols
-    for v in (nrows, ncols):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ArgumentTypeError(f"reshape: sizes must be ints (one may be -1), got ({nrows!r}, {ncols!r})")
-        if v < 1 and v != -1:
-            raise ShapeError(f"reshape: sizes must be positive (or one -1), got ({nrows!r}, {ncols!r})")
-    if nrows == -1 and ncols == -1:
-        raise ShapeError("reshape: only one size can be -1")
-    if nrows == -1:
-        nrows = size // ncols if size % ncols == 0 else -1
-    elif ncols == -1:
-        ncols = size // nrows if size % nrows == 0 else -1
-    if nrows < 1 or ncols < 1 or nrows * ncols != size:
-        raise ShapeError(f"reshape: cannot read {a.nrows}x{a.ncols} ({size} values) as ({nrows}, {ncols})")
+    nrows, ncols = _checks.reshape_sizes(a.shape, nrows, ncols)
     return Reshape((nrows, ncols))(a)
 
 
@@ -663,12 +627,12 @@ class To(Op):
         self.backend = backend
 
     def describe(self) -> str:
-        return f"to({self.dtype}, {self.backend.name})"
+        return f"to({self.dtype}, {self.backend.label})"
 
     def forward(self, be: Backend, a: Data) -> Data:
         if self.backend is be:
             return be.astype(a, self.dtype)
-        return self.backend.from_rows(be.tolist(a), self.dtype)
+        return self.backend.from_backend(be, a, self.dtype)
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         return (grad.to(a.dtype, a._backend),)
@@ -677,18 +641,21 @@ class To(Op):
         return self.backend
 
 
-def to(a: Tensor2D, dtype: Any = None, backend: str | Backend | None = None) -> Tensor2D:
-    """``a`` on another dtype and/or backend; differentiable between floating dtypes.
+def to(a: Tensor2D, dtype: Any = None, backend: str | Backend | None = None, device: str | None = None) -> Tensor2D:
+    """``a`` on another dtype, backend and/or device; differentiable between floating dtypes.
 
-    ``a`` itself when nothing changes (as PyTorch's ``Tensor.to``).
+    ``a`` itself when nothing changes (as PyTorch's ``Tensor.to``); ``device`` alone keeps ``a``'s library.
     """
     a = _checks.tensor("to", a)
     dt = a.dtype if dtype is None else dtype_name(dtype)
-    be = a._backend if backend is None else _backends.get(backend)
+    if backend is None:
+        be = a._backend if device is None else _backends.get(a._backend, device)
+    else:
+        be = _backends.get(backend, device)
     if dt == a.dtype and be is a._backend:
         return a
-    if dt == "int64" and a.dtype != "int64" and not a._backend.all_finite(a._data):
-        raise DTypeError("to(int64): cannot convert NaN or Inf to int64")
+    if dt == "int64" and a.dtype != "int64":
+        require_int64_range(a._backend, a._data, "to(int64)")
     op = To(dt, be)
     if dt == "int64" or a.dtype == "int64":  # integers carry no gradient
         return _wrap(op.forward(a._backend, a._data), be)
@@ -762,7 +729,7 @@ class Take(Op):
         self.cols = cols
 
     def describe(self) -> str:
-        return f"index[{_fmt_index(self.rows)}, {_fmt_index(self.cols)}]"
+        return f"index[{_checks.fmt_index(self.rows)}, {_checks.fmt_index(self.cols)}]"
 
     def forward(self, be: Backend, a: Data) -> Data:
         return be.take(a, self.rows, self.cols)
@@ -837,57 +804,6 @@ class Alias(Op):
         return (grad,)
 
 
-def _fmt_index(ix: Index) -> str:
-    if isinstance(ix, slice):
-        if ix == slice(None):
-            return ":"
-        parts = ["" if v is None else str(v) for v in (ix.start, ix.stop)]
-        return ":".join(parts) + (f":{ix.step}" if ix.step not in (None, 1) else "")
-    return f"[{ix[0]}]" if len(ix) == 1 else f"<{len(ix)} indices>"
-
-
-def _one_axis(key: Any, size: int, axis: int, shape: tuple[int, int]) -> tuple[str, Index]:
-    """Normalise one axis of an index: ``("int" | "slice" | "list", slice or list of ints)``."""
-    what = "row" if axis == 0 else "column"
-    if isinstance(key, slice):
-        if len(range(size)[key]) == 0:  # matgrad has no empty matrices
-            raise ShapeError(f"index: slice {_fmt_index(key)} selects no {what}s of a {_fmt(shape)} tensor")
-        return "slice", key
-    if isinstance(key, bool):
-        raise ArgumentTypeError("index: a bool is not an index; use an int, a slice or a list of ints")
-    if isinstance(key, numbers.Integral):
-        i = int(key)
-        if not -size <= i < size:
-            raise TensorIndexError(f"index {i} is out of range for {what}s of a {_fmt(shape)} tensor (size {size})")
-        return "int", [i % size]
-    if isinstance(key, Tensor2D):
-        if key.dtype != "int64":
-            raise ArgumentTypeError(f"index: a tensor index must be int64, got {key.dtype}; use .long()")
-        if key.nrows != 1 and key.ncols != 1:
-            raise ShapeError(f"index: a tensor index must be a row or a column, got {_fmt(key.shape)}")
-        values = [v for row in key.tolist() for v in row]
-    elif hasattr(key, "ndim") and hasattr(key, "tolist"):
-        if key.ndim != 1 or key.dtype.kind not in "iu":
-            raise ArgumentTypeError("index: an array index must be 1-D and of an integer dtype")
-        values = key.tolist()
-    elif isinstance(key, (list, tuple, range)):
-        values = list(key)
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise ArgumentTypeError(f"index: a list index must hold ints, found {type(v).__name__} {v!r}")
-    else:
-        raise ArgumentTypeError(f"index: cannot index with {type(key).__name__}; use an int, a slice or a list of ints")
-    if not values:
-        raise ShapeError(f"index: an empty index list selects no {what}s")
-    out = []
-    for v in values:
-        i = int(v)
-        if not -size <= i < size:
-            raise TensorIndexError(f"index {i} is out of range for {what}s of a {_fmt(shape)} tensor (size {size})")
-        out.append(i % size)
-    return "list", out
-
-
 def index(a: Tensor2D, key: Any) -> Tensor2D:
     """``a[key]``, always 2-D.
 
@@ -898,20 +814,8 @@ def index(a: Tensor2D, key: Any) -> Tensor2D:
     A full slice ``a[:, :]`` is a new tensor sharing ``a``'s storage.
     """
     a = _checks.tensor("index", a)
-    shape = a.shape
-    if isinstance(key, tuple):
-        if len(key) != 2:
-            raise TensorIndexError(f"index: a Tensor2D takes 1 or 2 indices, got {len(key)}")
-        rkey, ckey = key
-    else:
-        rkey, ckey = key, slice(None)
-    rkind, rows = _one_axis(rkey, shape[0], 0, shape)
-    ckind, cols = _one_axis(ckey, shape[1], 1, shape)
-    if rkind == "list" and ckind == "list":
-        if len(rows) != len(cols):  # type: ignore[arg-type]
-            raise TensorIndexError(
-                f"index: paired row and column lists must have equal lengths, got {len(rows)} and {len(cols)}"  # type: ignore[arg-type]
-            )
+    kind, rows, cols = _checks.index_key(key, a.shape)
+    if kind == "pairs":
         return Pick(rows, cols)(a)
     if rows == slice(None) and cols == slice(None):
         return Alias()(a)
@@ -976,7 +880,8 @@ class _Extreme(Op):
 
     ``dA = where(M, G / count(M), 0)`` where ``M`` marks the elements equal to the result: ties
     share the gradient equally (as ``torch.amax``), so the rule is symmetric and gradchecks
-    cleanly; the others get exactly 0, even from an infinite ``G`` (as ``torch.max``).
+    cleanly; the others get exactly 0, even from an infinite ``G`` (``torch.amax``: NaN). A line
+    holding a NaN (its result is NaN, nothing equals it) gets NaN throughout, as ``torch.amax``.
     """
 
     __slots__ = ("axis",)
@@ -992,11 +897,18 @@ class _Extreme(Op):
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         be = a._backend
-        hits = be.compare("eq", a._data, self.output._data)
+        out = self.output._data
+        hits = be.compare("eq", a._data, out)
         count = be.sum(hits, self.axis)
+        # A line whose result is NaN (it holds a NaN) has no hit: its gradient is NaN, as
+        # torch.amax's, not a silent 0 (then count is 0, and "else" gives G / 0 * 0 = NaN).
+        other: Any = 0.0 if be.all_finite(out) else be.where(be.compare("eq", count, 0.0), math.nan, 0.0)
         if not _recording():
-            return (_wrap(be.where(hits, be.div(grad._data, count), 0.0), be),)
-        return (Where()(_wrap(hits, be), grad / _wrap(count, be), 0.0),)
+            if isinstance(other, float):
+                return (_wrap(be.keep(be.div(grad._data, count), hits), be),)
+            return (_wrap(be.where(hits, be.div(grad._data, count), other), be),)
+        rest = other if isinstance(other, float) else _wrap(other, be)
+        return (Where()(_wrap(hits, be), grad / _wrap(count, be), rest),)
 
 
 class Max(_Extreme):
@@ -1068,8 +980,12 @@ class LogSumExp(Op):
         self.axis = axis
 
     def forward(self, be: Backend, a: Data) -> Data:
-        _, top, log_total = _shifted(be, a, self.axis)
-        return be.add(log_total, top)
+        top = be.max(a, self.axis)
+        # An infinite maximum is not subtracted (as PyTorch): inf - inf would turn a line holding
+        # +inf into NaN, where its log-sum-exp is +inf (and a line of -inf gives -inf).
+        top = be.where(be.compare("eq", be.unary("abs", top), math.inf), 0.0, top)
+        total = be.sum(be.unary("exp", be.sub(a, top)), self.axis)
+        return be.add(be.unary("log", total), top)
 
     def backward(self, grad: Tensor2D, a: Tensor2D) -> tuple[Tensor2D | None, ...]:
         # softmax(a), not exp(a - C): C is rounded, and at |a| ~ 1e4 in float32 that costs 4 digits

@@ -8,7 +8,15 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
 
 from matgrad import backends as _backends
-from matgrad._errors import ArgumentError, ArgumentTypeError, DTypeError, GraphError, ShapeError, user_site
+from matgrad._errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    BackendError,
+    DTypeError,
+    GraphError,
+    ShapeError,
+    user_site,
+)
 from matgrad.backends.base import DTYPES, FLOAT_DTYPES, Backend
 
 if TYPE_CHECKING:
@@ -16,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Tensor2D",
+    "from_dlpack",
+    "from_numpy",
     "get_default_dtype",
     "set_default_dtype",
 ]
@@ -51,6 +61,17 @@ def dtype_name(dtype: Any) -> str:
 
 def _is_array(x: Any) -> bool:
     return hasattr(x, "ndim") and hasattr(x, "dtype") and hasattr(x, "tolist")
+
+
+def _integer_array(x: Any) -> bool:
+    """An array of integers (NumPy, or another library's): it keeps int64, as ``torch.tensor`` does."""
+    if not _is_array(x):
+        return False
+    kind = getattr(x.dtype, "kind", None)
+    if kind is not None:
+        return kind in ("i", "u")
+    name = str(x.dtype)
+    return "int" in name and "float" not in name and "bool" not in name
 
 
 def _reject_element(v: Any, where: str) -> None:
@@ -150,6 +171,11 @@ def _validate_array(a: Any) -> None:
 
 def _foreign_array(data: Any) -> Any:
     """A NumPy array (or nested lists) from another library's tensor, detached and on the CPU."""
+    from matgrad.backends.array_api import native_backend
+
+    if native_backend(data) is not None:  # torch, cupy, array_api_strict: the backend's own copy
+        be = _backends.get(*native_backend(data))  # type: ignore[misc]
+        return be.to_numpy(data)
     for method in ("detach", "cpu"):
         if callable(getattr(data, method, None)):
             data = getattr(data, method)()
@@ -161,10 +187,18 @@ def _foreign_array(data: Any) -> Any:
     return data.tolist()
 
 
-def _require_finite(backend: Backend, data: Any) -> None:
-    """int64 has no NaN or Inf: refuse them before converting."""
+def require_int64_range(backend: Backend, data: Any, name: str = "Tensor2D") -> None:
+    """Floating values must fit int64 to convert: no NaN or Inf, nothing beyond -2**63 .. 2**63 - 1.
+
+    (NumPy's conversion of such values is undefined, usually -2**63; Python's int would keep
+    them exactly: refused, so that both backends agree.)
+    """
     if not backend.all_finite(data):
-        raise DTypeError("Tensor2D: cannot convert NaN or Inf to int64")
+        raise DTypeError(f"{name}: cannot convert NaN or Inf to int64")
+    hi, lo = backend.tolist(backend.max(data, None))[0][0], backend.tolist(backend.min(data, None))[0][0]
+    if hi >= 2.0**63 or lo < -(2.0**63):
+        bad = hi if hi >= 2.0**63 else lo
+        raise DTypeError(f"{name}: {bad:g} does not fit in int64 (-2**63 .. 2**63 - 1); keep it floating")
 
 
 def _convert(data: Any, backend: Backend, dtype: str) -> Any:
@@ -172,10 +206,10 @@ def _convert(data: Any, backend: Backend, dtype: str) -> Any:
     if isinstance(data, Tensor2D):
         src = data._backend
         if dtype == "int64" and data.dtype != "int64":
-            _require_finite(src, data._data)
+            require_int64_range(src, data._data)
         if src is backend:
             return backend.astype(data._data, dtype)
-        return backend.from_rows(src.tolist(data._data), dtype)
+        return backend.from_backend(src, data._data, dtype)
     if isinstance(data, bool):
         raise ArgumentTypeError("Tensor2D: a bool is not numeric data; use 1.0 or 0.0")
     if isinstance(data, numbers.Real):
@@ -185,19 +219,21 @@ def _convert(data: Any, backend: Backend, dtype: str) -> Any:
         return backend.full(1, 1, data, dtype)  # type: ignore[arg-type]
     if isinstance(data, complex):
         raise ArgumentTypeError("Tensor2D: complex numbers are not supported; matgrad holds real numbers only")
-    if _is_array(data) and not hasattr(data.dtype, "kind"):
+    if (_is_array(data) or hasattr(data, "__dlpack__")) and not hasattr(getattr(data, "dtype", None), "kind"):
         data = _foreign_array(data)  # e.g. a torch tensor: go through NumPy (or nested lists)
     if _is_array(data):
         _validate_array(data)
         if dtype == "int64" and data.dtype.kind == "f":
-            _require_finite(backend, backend.from_array(data, "float64"))
+            require_int64_range(backend, backend.from_array(data, "float64"))
         return backend.from_array(data, dtype)
     if isinstance(data, (list, tuple)):
         rows = _validate_rows(data)
         check_size("Tensor2D", len(rows), len(rows[0]))
         check_int_range("Tensor2D", chain.from_iterable(rows), dtype)
-        if dtype == "int64":
-            _require_finite(backend, backend.from_rows(rows, "float64"))
+        if dtype == "int64":  # Python ints were range-checked above; floats must be finite and fit
+            floats = [v for v in chain.from_iterable(rows) if type(v) is not int]
+            if floats:
+                require_int64_range(backend, backend.from_rows([floats], "float64"))
         return backend.from_rows(rows, dtype)
     raise ArgumentTypeError(
         f"Tensor2D: cannot make a matrix from {type(data).__name__}; pass a list of rows, "
@@ -208,14 +244,23 @@ def _convert(data: Any, backend: Backend, dtype: str) -> Any:
 _object_new = object.__new__
 
 
-class Version:
-    """A storage's version counter: in-place changes seen, and what made the last one."""
+CHANGES = [0]
+"""In-place changes of any tensor so far: an op recorded since the last one need not check its saved tensors."""
 
-    __slots__ = ("changed", "count")
+
+class Version:
+    """A storage's version counter: in-place changes seen, what made the last one, and when.
+
+    ``clock`` is the value of ``CHANGES`` after the last change: an op recorded at a later
+    clock saw the storage as it is now, one recorded earlier saw older values.
+    """
+
+    __slots__ = ("changed", "clock", "count")
 
     def __init__(self) -> None:
         self.count = 0
         self.changed = ""
+        self.clock = -1
 
 
 class Tensor2D:
@@ -224,9 +269,11 @@ class Tensor2D:
     ``Tensor2D(data, requires_grad=False, dtype=None, backend=None, name=None)``: ``data`` is a
     list of rows, a 2-D NumPy array, a Python number (a 1x1 matrix) or another ``Tensor2D``
     (copied, keeping its dtype and backend unless given). ``dtype`` is ``"float32"`` (the
-    default, ``get_default_dtype()``), ``"float64"`` or ``"int64"``; lists and arrays of any
-    numeric type become the default float dtype unless ``dtype`` says otherwise. ``backend`` is
-    ``"numpy"`` or ``"python"`` (default: ``matgrad.get_backend()``).
+    default, ``get_default_dtype()``), ``"float64"`` or ``"int64"``; an integer NumPy array
+    becomes int64 (as ``torch.tensor``), lists and other arrays the default float dtype, unless
+    ``dtype`` says otherwise. ``backend`` is ``"numpy"``, ``"python"``, ``"torch"``, ``"cupy"``
+    or ``"array_api_strict"`` (default: ``matgrad.get_backend()``), ``device`` where its library
+    has devices (``"cuda"``, ``"cuda:1"``; default: the library's default device).
     """
 
     __slots__ = (
@@ -260,13 +307,17 @@ class Tensor2D:
         dtype: Any = None,
         backend: str | Backend | None = None,
         name: str | None = None,
+        device: str | None = None,
     ) -> None:
         if isinstance(data, Tensor2D):  # a copy keeps the source's dtype and backend unless told
-            be = data._backend if backend is None else _backends.get(backend)
+            if backend is None:
+                be = data._backend if device is None else _backends.get(data._backend, device)
+            else:
+                be = _backends.get(backend, device)
             dt = data.dtype if dtype is None else dtype_name(dtype)
         else:
-            be = _backends.get(backend)
-            dt = dtype_name(dtype)
+            be = _backends.get(backend, device)
+            dt = "int64" if dtype is None and _integer_array(data) else dtype_name(dtype)
         self._data = _convert(data, be, dt)
         self._backend = be
         self._vc = None
@@ -300,8 +351,13 @@ class Tensor2D:
 
     @property
     def backend(self) -> str:
-        """The name of the backend holding the data: ``"numpy"`` or ``"python"``."""
+        """The name of the backend holding the data: ``"numpy"``, ``"python"``, ``"torch"``, ..."""
         return self._backend.name
+
+    @property
+    def device(self) -> str:
+        """Where the data lives, in its library's words: ``"cpu"``, ``"cuda:0"``, ``"device1"``."""
+        return self._backend.device
 
     @property
     def is_leaf(self) -> bool:
@@ -321,6 +377,49 @@ class Tensor2D:
         return self._op.inputs if self._op is not None else ()
 
     @property
+    def native(self) -> Any:
+        """The backend's own matrix holding the values (a NumPy array, a python-backend ``Matrix``).
+
+        The door to the kernel level, for optimisers, I/O and extensions: it shares storage, and
+        an in-place change through it bypasses the version checks (call ``_mark_changed``).
+        """
+        return self._data
+
+    @property
+    def kernels(self) -> Backend:
+        """The backend object whose kernels work on ``native`` (``t.kernels.matmul(a, b)``)."""
+        return self._backend
+
+    @classmethod
+    def from_native(cls, data: Any, backend: str | Backend | None = None) -> Tensor2D:
+        """A leaf around a backend's own matrix, sharing it: no copy, no conversion (the kernel-level door).
+
+        ``backend`` defaults to the one whose matrices look like ``data`` (a NumPy array: numpy).
+        The matrix must be 2-D, non-empty and of a matgrad dtype; NumPy arrays C-contiguous.
+        """
+        be = _native_backend(data) if backend is None else _backends.get(backend)
+        shape = getattr(data, "shape", None)
+        if not (isinstance(shape, tuple) and len(shape) == 2 and shape[0] >= 1 and shape[1] >= 1):
+            raise ShapeError(f"from_native: expected a non-empty 2-D matrix of {be.name}, got shape {shape}")
+        name = be.dtype(data)
+        if name not in DTYPES:
+            raise DTypeError(f"from_native: a matrix of dtype {name}; matgrad holds float32, float64 and int64")
+        owns = getattr(be, "owns", None)
+        if owns is not None and not owns(data):  # an Array API backend: its library, its device
+            from matgrad.backends.array_api import native_backend
+
+            found = native_backend(data)
+            where = "an array of another library" if found is None else f"{found[0]} on {found[1]}"
+            raise BackendError(
+                f"from_native: the matrix is {where}, not of the {be.label} backend; "
+                "copy it with Tensor2D(data, backend=...)"
+            )
+        flags = getattr(data, "flags", None)
+        if flags is not None and not flags["C_CONTIGUOUS"]:
+            raise ShapeError("from_native: the array is not C-contiguous (row-major); pass numpy.ascontiguousarray(a)")
+        return _wrap(data, be)
+
+    @property
     def T(self) -> Tensor2D:
         """The transpose."""
         return _ops.transpose(self)
@@ -331,8 +430,24 @@ class Tensor2D:
         return self._backend.tolist(self._data)
 
     def numpy(self) -> Any:
-        """A NumPy array (sharing memory on the numpy backend, a copy on the python one)."""
+        """A NumPy array (sharing memory on the numpy backend, a copy on the others, from any device)."""
         return self._backend.to_numpy(self._data)
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        """The native array's DLPack capsule (shared memory): ``numpy.from_dlpack(t)``, ``torch.from_dlpack(t)``."""
+        export = getattr(self._data, "__dlpack__", None)
+        if export is None:
+            raise BackendError(
+                f"DLPack: the {self.backend} backend's matrices have no DLPack export; "
+                "use .numpy() or .to(backend='numpy')"
+            )
+        return export(**kwargs)
+
+    def __dlpack_device__(self) -> Any:
+        device = getattr(self._data, "__dlpack_device__", None)
+        if device is None:
+            raise BackendError(f"DLPack: the {self.backend} backend's matrices have no DLPack export; use .numpy()")
+        return device()
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
         arr = self.numpy()
@@ -360,9 +475,12 @@ class Tensor2D:
             )
         return bool(self.item())
 
-    def to(self, dtype: Any = None, backend: str | Backend | None = None) -> Tensor2D:
-        """This tensor converted to another dtype and/or backend (differentiable for floats)."""
-        return _ops.to(self, dtype, backend)
+    def to(self, dtype: Any = None, backend: str | Backend | None = None, device: str | None = None) -> Tensor2D:
+        """This tensor converted to another dtype, backend and/or device (differentiable for floats).
+
+        ``device`` alone keeps the library: ``t.to(device="cuda")`` on a torch tensor.
+        """
+        return _ops.to(self, dtype, backend, device)
 
     def float(self) -> Tensor2D:
         """``to("float32")``."""
@@ -415,6 +533,8 @@ class Tensor2D:
         vc = self._version_counter()
         vc.count += 1
         vc.changed = how
+        CHANGES[0] += 1
+        vc.clock = CHANGES[0]
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor2D:
         """Set ``requires_grad`` in place on a leaf; returns ``self``."""
@@ -448,12 +568,31 @@ class Tensor2D:
         site = user_site()
         self._mark_changed(f"{name}() at {site}" if site else f"{name}()")
 
+    def _scalar(self, v: Any) -> Any:
+        """A number as this tensor's kind: an int wrapped to int64 (two's complement), else a float."""
+        if self._data.dtype in self._backend.float_types:
+            return float(v)
+        return (int(v) - _INT64_MIN) % 2**64 + _INT64_MIN
+
     def copy_(self, src: Tensor2D | Scalar) -> Tensor2D:
         """Overwrite the values with ``src`` (same shape, or broadcast); returns ``self``."""
         self._check_inplace("copy_")
-        _ops.check_inplace_operand("copy_", self, src)
-        self._backend.assign(self._data, src._data if isinstance(src, Tensor2D) else float(src))
+        _checks.inplace_operand("copy_", self, src)
+        self._backend.assign(self._data, src._data if isinstance(src, Tensor2D) else self._scalar(src))
         self._changed_by("copy_")
+        return self
+
+    def set_(self, source: Tensor2D) -> Tensor2D:
+        """Make this tensor share ``source``'s storage, shape, dtype and backend (as PyTorch's ``set_``).
+
+        How ``Module.to`` converts parameters while keeping them the same objects; counts as an
+        in-place change for the version checks.
+        """
+        self._check_inplace("set_")
+        if not isinstance(source, Tensor2D):
+            raise ArgumentTypeError(f"set_: expected a Tensor2D, got {type(source).__name__}")
+        self._data, self._backend = source._data, source._backend
+        self._changed_by("set_")
         return self
 
     def add_(self, other: Tensor2D | Scalar, alpha: builtins.float = 1.0) -> Tensor2D:
@@ -461,10 +600,12 @@ class Tensor2D:
         self._check_inplace("add_")
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
             raise ArgumentTypeError(f"add_: alpha must be a real number, got {type(alpha).__name__}")
-        _ops.check_inplace_operand("add_", self, other, alpha)
+        _checks.inplace_operand("add_", self, other, alpha)
         be = self._backend
         if isinstance(other, Tensor2D):
-            be.axpy(self._data, other._data, float(alpha))
+            be.axpy(self._data, other._data, self._scalar(alpha))
+        elif self.dtype == "int64":  # exact integers, wrapping as int64 does
+            be.assign(self._data, be.add(self._data, self._scalar(int(alpha) * int(other))))
         else:
             be.assign(self._data, be.add(self._data, float(alpha) * float(other)))
         self._changed_by("add_")
@@ -473,9 +614,10 @@ class Tensor2D:
     def mul_(self, factor: Tensor2D | Scalar) -> Tensor2D:
         """``self *= factor`` in place; returns ``self``."""
         self._check_inplace("mul_")
-        _ops.check_inplace_operand("mul_", self, factor)
+        _checks.inplace_operand("mul_", self, factor)
         be = self._backend
-        be.assign(self._data, be.mul(self._data, factor._data if isinstance(factor, Tensor2D) else float(factor)))
+        operand = factor._data if isinstance(factor, Tensor2D) else self._scalar(factor)
+        be.assign(self._data, be.mul(self._data, operand))
         self._changed_by("mul_")
         return self
 
@@ -488,28 +630,28 @@ class Tensor2D:
 
     # -- operators ----------------------------------------------------------------------------
     def __add__(self, other: Any) -> Tensor2D:
-        return _ops.add(self, other)
+        return _Add()(self, other)
 
     def __radd__(self, other: Any) -> Tensor2D:
-        return _ops.add(other, self)
+        return _Add()(other, self)
 
     def __sub__(self, other: Any) -> Tensor2D:
-        return _ops.sub(self, other)
+        return _Sub()(self, other)
 
     def __rsub__(self, other: Any) -> Tensor2D:
-        return _ops.sub(other, self)
+        return _Sub()(other, self)
 
     def __mul__(self, other: Any) -> Tensor2D:
-        return _ops.mul(self, other)
+        return _Mul()(self, other)
 
     def __rmul__(self, other: Any) -> Tensor2D:
-        return _ops.mul(other, self)
+        return _Mul()(other, self)
 
     def __truediv__(self, other: Any) -> Tensor2D:
-        return _ops.div(self, other)
+        return _Div()(self, other)
 
     def __rtruediv__(self, other: Any) -> Tensor2D:
-        return _ops.div(other, self)
+        return _Div()(other, self)
 
     def __matmul__(self, other: Any) -> Tensor2D:
         return _ops.matmul(self, other)
@@ -524,7 +666,7 @@ class Tensor2D:
         return _ops.rpow(base, self)
 
     def __neg__(self) -> Tensor2D:
-        return _ops.neg(self)
+        return _Neg()(self)
 
     def __pos__(self) -> Tensor2D:
         return self
@@ -632,6 +774,8 @@ class Tensor2D:
     def __repr__(self) -> str:
         body = _format_rows(self, len("Tensor2D("))
         extras = [f"shape={self.nrows}x{self.ncols}", f"dtype={self.dtype}", f"backend={self.backend}"]
+        if self.device not in ("cpu", "CPU_DEVICE"):
+            extras.append(f"device={self.device}")
         if self._op is not None:
             extras.append(f"grad_fn={self._op.describe()}")
         elif self.requires_grad:
@@ -670,6 +814,71 @@ def _format_rows(t: Tensor2D, indent: int) -> str:
     return "[" + (",\n" + " " * (indent + 1)).join(lines) + "]"
 
 
+def _native_backend(data: Any) -> Backend:
+    """The backend whose native matrices look like ``data`` (on ``data``'s device)."""
+    if type(data).__module__.startswith("matgrad.backends.python"):
+        return _backends.get("python")
+    if type(data).__module__ == "numpy":
+        return _backends.get("numpy")
+    from matgrad.backends.array_api import native_backend
+
+    found = native_backend(data)
+    if found is not None:
+        return _backends.get(*found)
+    raise ArgumentTypeError(
+        f"from_native: cannot tell which backend holds a {type(data).__name__}; pass backend='numpy' or 'python'"
+    )
+
+
+def from_dlpack(array: Any, backend: str | Backend | None = None) -> Tensor2D:
+    """A tensor sharing the memory of a DLPack array (NumPy, PyTorch, CuPy), as ``torch.from_dlpack``.
+
+    ``backend`` defaults to the array's own library where matgrad has it as a backend (else
+    numpy); the array must be 2-D, of a matgrad dtype, on a device that backend can read.
+    """
+    if not hasattr(array, "__dlpack__"):
+        raise ArgumentTypeError(
+            f"from_dlpack: a {type(array).__name__} has no __dlpack__; pass a NumPy array or a tensor"
+        )
+    if backend is None:
+        try:
+            be = _native_backend(array)
+        except ArgumentTypeError:
+            be = _backends.get("numpy")
+    else:
+        be = _backends.get(backend)
+    if be.name == "python":
+        raise BackendError("from_dlpack: the python backend cannot share memory; use Tensor2D(array, backend='python')")
+    from matgrad.backends.array_api import native_backend
+
+    if native_backend(array) == (be.name, be.device):
+        return Tensor2D.from_native(array, be)  # already this backend's own matrix
+    xp = getattr(be, "xp", None)
+    try:
+        native = xp.from_dlpack(array)  # type: ignore[union-attr]
+    except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+        raise BackendError(f"from_dlpack: the {be.label} backend cannot read this array in place ({exc})") from None
+    if be.name != "numpy" and native_backend(native) != (be.name, be.device):
+        raise BackendError(
+            f"from_dlpack: the array is not on {be.label}, so it cannot be shared; "
+            f"copy it with Tensor2D(array, backend={be.spec!r})"
+        )
+    return Tensor2D.from_native(native, be)
+
+
+def from_numpy(array: Any) -> Tensor2D:
+    """A tensor sharing ``array``'s memory, as ``torch.from_numpy``: float32, float64 and int64 keep their dtype.
+
+    The numpy backend's tensor *is* the array: changes to one show in the other. Other integer
+    dtypes are refused (``array.astype(numpy.int64)``); so are views that are not row-major.
+    """
+    if not (hasattr(array, "dtype") and hasattr(array, "ndim") and type(array).__module__ == "numpy"):
+        raise ArgumentTypeError(f"from_numpy: expected a NumPy array, got {type(array).__name__}")
+    if array.ndim != 2:
+        raise ShapeError(f"from_numpy: expected a 2-D array, got {array.ndim}-D with shape {tuple(array.shape)}")
+    return Tensor2D.from_native(array, "numpy")
+
+
 def _wrap(data: Any, backend: Backend) -> Tensor2D:
     """A fresh leaf around native ``data`` (no validation: for ops and backends only)."""
     t = _object_new(Tensor2D)
@@ -685,6 +894,12 @@ def _wrap(data: Any, backend: Backend) -> Tensor2D:
 
 
 # Bound last: these modules import Tensor2D from here.
+from matgrad import _checks  # noqa: E402
 from matgrad import ops as _ops  # noqa: E402
 from matgrad.autograd import engine as _engine  # noqa: E402
 from matgrad.autograd import grad_mode as _grad_mode  # noqa: E402
+from matgrad.ops import Add as _Add  # noqa: E402
+from matgrad.ops import Div as _Div  # noqa: E402
+from matgrad.ops import Mul as _Mul  # noqa: E402
+from matgrad.ops import Neg as _Neg  # noqa: E402
+from matgrad.ops import Sub as _Sub  # noqa: E402

@@ -204,10 +204,12 @@ CASES: list[Case] = [
         ("real", "probability"),
     ),
     Case("dropout", lambda a: dropout_fixed_mask(a), same(1), (F.Dropout,), random=True),
+    # --8<-- [start:softplus]
     Case("softplus", F.softplus, same(1), (F.Softplus,)),
     Case("softplus_beta", lambda a: F.softplus(a * 8.0, beta=2.0, threshold=100.0), same(1), (F.Softplus,)),
     # above the threshold softplus is the identity (value and gradient), as PyTorch's
     Case("softplus_linear", lambda a: F.softplus(a + 2.0, threshold=1.0), same(1), (F.Softplus,), ("positive",)),
+    # --8<-- [end:softplus]
     # convolution and pooling: m images of C x H x W in rows, NCHW (matgrad.conv)
     Case(
         "unfold", lambda x: F.unfold(x, 2, image_size=(4, 3)), lambda m, n: [(m, 2 * 4 * 3)], (conv.Unfold, conv.Fold)

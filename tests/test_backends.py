@@ -1,4 +1,8 @@
-"""The two backends: the kernel interface, parity, IEEE edge cases, selection, isolation from numpy."""
+"""The backends: the kernel interface, parity, IEEE edge cases, selection, isolation from numpy.
+
+The Array API backends (torch, array_api_strict) take part where a test loops over backends;
+tests/test_array_api.py checks them against numpy in depth.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 import subprocess
 import sys
 from array import array
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +26,13 @@ from matgrad.backends.python import Matrix, PythonBackend, dot_products
 
 PY = backends.get("python")
 NP = backends.get("numpy")
+# array_api_strict on a simulated device: an array made on the default device would raise
+ARRAY_API = [
+    backends.get(name, device)
+    for name, device in (("array_api_strict", "device1"), ("torch", "cpu"))
+    if name in mg.available_backends()
+]
+EVERY = [PY, NP, *ARRAY_API]
 
 
 def test_every_kernel_is_implemented_by_both() -> None:
@@ -30,7 +42,9 @@ def test_every_kernel_is_implemented_by_both() -> None:
         if getattr(Backend, name, None) is not None and getattr(getattr(Backend, name), "__isabstractmethod__", False)
     }
     assert abstract, "the interface declares its kernels as abstract methods"
-    for cls in (type(PY), type(NP)):
+    from matgrad.backends.array_api import ArrayApiBackend
+
+    for cls in (type(PY), type(NP), ArrayApiBackend):
         assert not cls.__abstractmethods__, f"{cls.__name__} misses {sorted(cls.__abstractmethods__)}"
         for name in abstract:
             assert getattr(cls, name) is not getattr(Backend, name), f"{cls.__name__}.{name}"
@@ -176,6 +190,70 @@ def test_dot_products_subnormal_norms() -> None:
     assert got == [2 * tiny]
 
 
+def test_dot_products_exact_zero_where_the_identity_left_a_residue() -> None:
+    """Regression (issue 11): [[1, 1]] . [[1, -1]] came out 1.1e-16, not 0, so relu and == downstream
+    decided differently on the two backends."""
+    got = dot_products([[1.0, 1.0], [0.5, 0.25]], [[1.0, -1.0], [0.5, -1.0]])
+    assert got[0] == 0.0 and got[3] == 0.0  # exact zeros, before any rounding
+    assert array("f", got).tolist() == [0.0, -0.5, 0.25, 0.0]  # the rest exact once rounded to float32
+
+
+@st.composite
+def exact_products(draw: st.DrawFn) -> tuple[list[list[float]], list[list[float]], list[list[float]]]:
+    """``(a, b, bias)`` whose product and ``linear`` are exactly representable in float32.
+
+    Entries are multiples of 1/16 up to 4 (a few significant bits) times a power of two per row of
+    ``a`` and per column of ``b`` (norm ratios up to 2^40, so both of the kernel's identities are
+    used), and some columns of ``b`` are orthogonal to some rows of ``a`` (exact zero products):
+    every product and partial sum is exact, in NumPy's float32 BLAS as in exact arithmetic (with
+    the bias too when the rows' scales are close).
+    """
+    m, k, n = draw(st.integers(1, 5)), draw(st.integers(1, 6)), draw(st.integers(1, 5))
+    small = st.integers(-64, 64).map(lambda v: v / 16)
+    rows = [draw(st.integers(-20, 20)) for _ in range(m)]
+    cols = [draw(st.integers(-20, 20)) for _ in range(n)]
+    a = [[draw(small) * 2.0 ** rows[i] for _ in range(k)] for i in range(m)]
+    b = [[draw(small) * 2.0 ** cols[j] for j in range(n)] for _ in range(k)]
+    if k >= 2:  # make column j orthogonal to row i: (x, y, 0...) . (y, -x, 0...) = 0
+        for i, j in draw(st.lists(st.tuples(st.integers(0, m - 1), st.integers(0, n - 1)), max_size=2)):
+            x, y = a[i][0] / 2.0 ** rows[i], a[i][1] / 2.0 ** rows[i]
+            for p in range(k):
+                b[p][j] = (y if p == 0 else -x if p == 1 else 0.0) * 2.0 ** cols[j]
+    bias = [[draw(small) * 2.0 ** (min(rows) + cols[j]) for j in range(n)]]
+    return a, b, bias
+
+
+def _exact(a: list[list[float]], b: list[list[float]], bias: list[list[float]] | None = None) -> list[list[float]]:
+    def entry(i: int, j: int) -> float:
+        return math.fsum([*(a[i][p] * b[p][j] for p in range(len(b))), bias[0][j] if bias else 0.0])
+
+    return [[entry(i, j) for j in range(len(b[0]))] for i in range(len(a))]
+
+
+def _float32_exact(rows: list[list[float]]) -> bool:
+    flat = [v for r in rows for v in r]
+    return array("f", flat).tolist() == flat
+
+
+@settings(max_examples=60)
+@given(exact_products(), st.sampled_from(["float32", "float64"]))
+def test_backends_agree_exactly_where_the_product_is_exact(case: tuple[Any, Any, Any], dtype: str) -> None:
+    """The docs promise equal float32 values: where the exact result is representable (zeros,
+    integer-valued inputs) both backends give it, in matmul, linear and the transposed products."""
+    a_rows, b_rows, bias_rows = case
+    want = _exact(a_rows, b_rows)
+    want_linear = _exact(a_rows, b_rows, bias_rows)
+    for backend in ("python", "numpy"):
+        a = mg.Tensor2D(a_rows, dtype=dtype, backend=backend)
+        b = mg.Tensor2D(b_rows, dtype=dtype, backend=backend)
+        bias = mg.Tensor2D(bias_rows, dtype=dtype, backend=backend)
+        assert (a @ b).tolist() == want, backend
+        if _float32_exact(want_linear):  # rows of very different scales can need more bits with a bias
+            assert mg.functional.linear(a, b.T, bias).tolist() == want_linear, backend
+        assert mg.ops.gemm(a.T, b.T, True, True).tolist() == want, backend
+        assert ((a @ b) == 0.0).tolist() == [[float(v == 0.0) for v in row] for row in want], backend
+
+
 # -- IEEE semantics on the python backend where Python itself would raise -----------------------
 
 
@@ -209,7 +287,7 @@ def test_numpy_backend_is_quiet_at_the_edges() -> None:
 
 
 def test_all_finite() -> None:
-    for be in (PY, NP):
+    for be in EVERY:
         assert be.all_finite(be.from_rows([[1e308, 1e308]], "float64"))  # the sum overflows, the values do not
         assert not be.all_finite(be.from_rows([[1.0, math.nan]], "float64"))
         assert not be.all_finite(be.from_rows([[math.inf, -math.inf]], "float64"))
@@ -231,9 +309,9 @@ def test_float32_emulation_matches_numpy_bits() -> None:
 def test_uint8_loading_is_identical() -> None:
     buf = bytes(range(256)) * 3
     for dtype, divisor in (("float32", 255), ("float64", 255), ("int64", 1)):
-        assert (
-            PY.tolist(PY.from_uint8(buf, 3, 256, divisor, dtype)) == NP.from_uint8(buf, 3, 256, divisor, dtype).tolist()
-        )
+        want = NP.from_uint8(buf, 3, 256, divisor, dtype).tolist()
+        for be in (PY, *ARRAY_API):
+            assert be.tolist(be.from_uint8(buf, 3, 256, divisor, dtype)) == want, be
 
 
 # -- selection -----------------------------------------------------------------------------------
@@ -298,7 +376,7 @@ def test_set_backend_and_errors() -> None:
             mg.set_backend("tpu")
     finally:
         mg.set_backend(previous)
-    assert set(mg.available_backends()) == {"numpy", "python"}
+    assert {"numpy", "python"} <= set(mg.available_backends()) <= set(backends.NAMES)
 
 
 def test_seed_is_shared_by_both_backends() -> None:
@@ -340,7 +418,7 @@ def test_fused_kernels_agree(n: int, c: int, data: st.DataObject) -> None:
 
 
 def test_softmax_xent_refuses_classes_out_of_range() -> None:
-    for be in (PY, NP):
+    for be in EVERY:
         x = be.from_rows([[0.0, 1.0], [2.0, 3.0]], "float32")
         for bad in (2, -1):
             with pytest.raises(IndexError):
@@ -348,8 +426,28 @@ def test_softmax_xent_refuses_classes_out_of_range() -> None:
 
 
 def test_bad_index() -> None:
-    for be in (PY, NP):
+    for be in EVERY:
         idx = be.indices(be.from_rows([[0, 3, 2]], "int64"))
         assert be.bad_index(idx, 4) is None
         assert be.bad_index(idx, 3) == 3
         assert be.bad_index(be.indices(be.from_rows([[1, -1, 2]], "int64")), 3) == -1
+
+
+@settings(max_examples=30)
+@given(data=st.data())
+def test_keep_selects_on_both_backends(data: st.DataObject) -> None:
+    """``keep(a, mask)`` is where(mask, a, 0): an infinite or NaN ``a`` gives exactly 0 where the mask is 0."""
+    m, n = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    values = st.sampled_from([0.0, -1.5, 2.0, math.inf, -math.inf, math.nan, 1e38])
+    a = [[data.draw(values) for _ in range(n)] for _ in range(m)]
+    mask = [[float(data.draw(st.booleans())) for _ in range(n)] for _ in range(m)]
+    want = [[x if k else 0.0 for x, k in zip(ra, rk)] for ra, rk in zip(a, mask)]
+    for be in EVERY:
+        for dtype in ("float32", "float64"):
+            got = be.tolist(be.keep(be.from_rows(a, dtype), be.from_rows(mask, dtype)))
+            assert repr(got) == repr(be.tolist(be.from_rows(want, dtype))), (be.name, dtype)
+    row = [[data.draw(values) for _ in range(n)]]  # a (1, n) row broadcasts to the mask
+    want_row = [[x if k else 0.0 for x, k in zip(row[0], rk)] for rk in mask]
+    for be in EVERY:
+        got = be.tolist(be.keep(be.from_rows(row, "float64"), be.from_rows(mask, "float64")))
+        assert repr(got) == repr(want_row), be.name

@@ -236,8 +236,33 @@ def test_cnn_compare_smoke(tmp_path):
     assert abs(epoch["matgrad"]["acc"] - epoch["torch"]["acc"]) <= 0.02
 
 
+def test_jacobian_scaling_smoke():
+    # --no-torch: importing torch in a fresh process takes seconds; test_autograd_functional.py compares with torch
+    out = run("jacobian_scaling.py", "--batches", "1,2", "--hidden", "8", "--repeats", "1", "--no-torch").stdout
+    assert has_table(out)
+    rows = [
+        [c.strip() for c in line.split("|")[1:-1]]
+        for line in out.splitlines()
+        if line.startswith("| ") and " x 10 = " in line
+    ]
+    assert [r[:2] for r in rows] == [["1 x 10 = 10", "10 x 6,272"], ["2 x 10 = 20", "20 x 6,272"]]
+    assert all(len(r) == 5 for r in rows)
+
+
 def test_data_path_is_an_option_not_hard_coded():
     for script in ("train_compare.py", "profile_train.py", "reference_numpy.py", "phases.py", "cnn_compare.py"):
         text = (BENCH / script).read_text()
         assert "shared/data" not in text.replace("../shared/data/mnist", ""), script
     assert os.path.isdir(SAMPLE)
+
+
+def test_distributed_scaling_smoke(tmp_path):
+    """Two processes over 127.0.0.1 against one, a tiny epoch: the tables and the JSON are there."""
+    pytest.importorskip("torch")
+    out = tmp_path / "scaling.json"
+    args = ["--limit", "640", "--batches", "64", "--repeats", "1", "--collective-iters", "3", "--sweep-steps", "2"]
+    text = run("distributed_scaling.py", *args, "--json", str(out)).stdout
+    assert has_table(text) and "all-reduce per step" in text and "least-squares line" in text
+    figures = json.loads(out.read_text())["figures"]
+    assert figures["batch 64"]["test_acc"][0] == figures["batch 64"]["test_acc"][1]  # same steps, same model
+    assert set(figures["bare_allreduce_s"]) == {"1 float", "101,770 floats"}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tracemalloc
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -56,6 +58,18 @@ def test_train_is_reproducible(capsys: pytest.CaptureFixture[str]) -> None:
     second = run(["train", *SMALL], capsys)[1]
     strip = lambda text: re.sub(r"time [\d.]+s \([\d,]+ img/s\)|done in [\d.]+s", "", text)  # noqa: E731
     assert strip(first) == strip(second)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "python"])
+def test_compile_prints_the_same_training(backend: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--compile`` replays each step's kernels: the same losses and accuracies to the last printed digit."""
+    args = ["train", "--backend", backend, *SMALL]
+    if backend == "python":
+        args += ["--limit", "96", "--epochs", "3"]
+    eager = run(args, capsys)[1]
+    compiled = run([*args, "--compile"], capsys)[1]
+    strip = lambda text: re.sub(r"time [\d.]+s \([\d,]+ img/s\)|done in [\d.]+s", "", text)  # noqa: E731
+    assert "epoch" in eager and strip(compiled) == strip(eager)
 
 
 def test_save_then_eval_gives_the_same_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -173,3 +187,225 @@ def test_console_script_and_broken_pipe() -> None:
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)
     assert b"Traceback" not in err
+
+
+# -- outputs are checked before any work ---------------------------------------------------------
+
+
+def refused_before_training(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code, out, err = run(args, capsys)
+    assert code == 1, (out, err)
+    assert not re.search(r"^epoch\s+\d", out, re.M)  # refused before the first epoch
+    line = one_line_error(err)
+    assert ".part" not in line  # the user's paths, never a temporary file's
+    return line
+
+
+def test_two_outputs_on_one_path_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.svg"
+    line = refused_before_training(["train", *SMALL, "--save", str(out), "--graph", str(out)], capsys)
+    assert f"--graph {out} and --save {out} are the same file" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("how", ["symlink", "hardlink", "dotdot", "folder-symlink", "relative"])
+def test_outputs_that_are_one_file_under_two_names_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = tmp_path / "a.svg"
+    if how == "symlink":
+        (tmp_path / "link.svg").symlink_to(first)
+        second = str(tmp_path / "link.svg")
+    elif how == "hardlink":
+        first.write_bytes(b"old drawing")
+        os.link(first, tmp_path / "b.svg")
+        second = str(tmp_path / "b.svg")
+    elif how == "dotdot":
+        (tmp_path / "sub").mkdir()
+        second = str(tmp_path / "sub" / ".." / "a.svg")
+    elif how == "folder-symlink":
+        (tmp_path / "alias").symlink_to(tmp_path)
+        second = str(tmp_path / "alias" / "a.svg")
+    else:
+        second = "a.svg"
+    line = refused_before_training(["train", *SMALL, "--graph", str(first), "--plot", second], capsys)
+    assert f"--plot {second} and --graph {first} are the same file" in line
+    assert not first.exists() or first.read_bytes() == b"old drawing"
+
+
+def test_an_output_over_an_input_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from matgrad.data.mnist import NAMES, SAMPLE_DIR
+
+    for name in NAMES:
+        (tmp_path / (name + ".gz")).write_bytes(Path(SAMPLE_DIR, name + ".gz").read_bytes())
+    target = tmp_path / (NAMES[0] + ".gz")
+    before = target.read_bytes()
+    line = refused_before_training(["train", *SMALL, "--data", str(tmp_path), "--save", str(target)], capsys)
+    assert f"--save {target} is the MNIST file {target}; writing it would destroy an input" in line
+    assert target.read_bytes() == before
+    sample = Path(SAMPLE_DIR, NAMES[3] + ".gz")  # the shipped sample is an input too
+    line = refused_before_training(["train", *SMALL, "--save", str(sample)], capsys)
+    assert f"--save {sample} is the MNIST file {sample}" in line
+
+
+def test_graphs_dot_fallback_is_an_output_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil as shutil_module
+
+    monkeypatch.setattr(shutil_module, "which", lambda name: None)  # no Graphviz: --graph writes g.dot
+    line = refused_before_training(
+        ["train", *SMALL, "--graph", str(tmp_path / "g.svg"), "--save", str(tmp_path / "g.dot")], capsys
+    )
+    assert "are the same file" in line and "written when Graphviz's dot is missing" in line
+
+
+@pytest.mark.parametrize("option", ["--save", "--graph", "--plot"])
+def test_a_directory_as_an_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str) -> None:
+    folder = tmp_path / "out.png"  # a name every option accepts, but a folder
+    folder.mkdir()
+    line = refused_before_training(["train", *SMALL, option, str(folder)], capsys)
+    assert f"{option}: {folder} is a directory" in line
+
+
+def test_graph_command_checks_its_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "d.svg").mkdir()
+    code, _, err = run(["graph", "-o", str(tmp_path / "d.svg")], capsys)
+    assert code == 1 and "is a directory" in one_line_error(err)
+    (tmp_path / "file").write_bytes(b"")
+    code, _, err = run(["graph", "-o", str(tmp_path / "file" / "g.svg")], capsys)
+    assert code == 1 and "is not a folder" in one_line_error(err)
+
+
+def test_an_unwritable_folder_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "m.safetensors"
+    if os.name == "posix" and os.geteuid() != 0:  # root writes anywhere: simulated below instead
+        tmp_path.chmod(0o500)
+        try:
+            line = refused_before_training(["train", *SMALL, "--save", str(target)], capsys)
+        finally:
+            tmp_path.chmod(0o700)
+        assert f"--save: cannot write {target}: permission denied on the folder {tmp_path}" in line
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real_access(p, mode))
+    line = refused_before_training(["train", *SMALL, "--save", str(target)], capsys)
+    assert f"--save: cannot write {target}: permission denied on the folder {tmp_path}" in line
+    monkeypatch.undo()
+
+    # a read-only mount or an ACL passes os.access: the probe file finds it
+    import matgrad._files as files
+
+    real_open = os.open
+
+    def no_new_files(path: str, flags: int, *args: int) -> int:
+        if flags & os.O_CREAT:
+            raise OSError(30, "Read-only file system", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(files.os, "open", no_new_files)
+    line = refused_before_training(["train", *SMALL, "--plot", str(tmp_path / "c.png")], capsys)
+    assert f"--plot: cannot write {tmp_path / 'c.png'}: cannot create a file in {tmp_path}: Read-only" in line
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []  # the probes left nothing
+
+
+@pytest.mark.skipif(os.name != "posix", reason="FIFOs")
+def test_a_fifo_as_an_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = tmp_path / "m.safetensors"
+    os.mkfifo(fifo)
+    line = refused_before_training(["train", *SMALL, "--save", str(fifo)], capsys)
+    assert f"--save: {fifo} is a FIFO (named pipe)" in line
+
+
+# -- eval checks a checkpoint's metadata against its tensors before allocating -------------------
+
+
+def test_eval_refuses_sizes_metadata_its_tensors_do_not_bear_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "m.safetensors"
+    matgrad.save(matgrad.nn.MLP([784, 16, 10]), model, metadata={"sizes": "784,2000000,10"})
+    tracemalloc.start()
+    try:
+        code, _, err = run(["eval", "--model", str(model)], capsys)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 1
+    line = one_line_error(err)
+    assert "'sizes' metadata '784,2000000,10' needs 0.weight of 2000000x784, but the file holds 16x784" in line
+    assert peak < 20 * 2**20  # the 6 GB model was never built
+
+
+def test_eval_refuses_inconsistent_layer_shapes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "m.safetensors"
+    matgrad.save({"0.weight": matgrad.zeros(16, 784), "2.weight": matgrad.zeros(10, 32)}, model)
+    code, _, err = run(["eval", "--model", str(model)], capsys)
+    assert code == 1 and "2.weight is 10x32, but the layer before it has 16 outputs" in one_line_error(err)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="FIFOs")
+def test_eval_names_what_the_model_path_really_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = tmp_path / "m.safetensors"
+    os.mkfifo(fifo)
+    code, _, err = run(["eval", "--model", str(fifo)], capsys)
+    assert code == 1 and f"--model {fifo}: is a FIFO (named pipe)" in one_line_error(err)
+    code, _, err = run(["eval", "--model", str(tmp_path)], capsys)
+    assert code == 1 and f"--model {tmp_path}: is a directory" in one_line_error(err)
+
+
+# -- memory: estimated before building, allocation failures in one line --------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (["train", "--hidden", "2000000", "--quiet"], "training MLP 784-2000000-10 with sgd at batch 64"),
+        (["graph", "--hidden", "2000000"], "drawing MLP 784-2000000-10"),
+    ],
+)
+def test_a_model_too_large_for_memory_is_refused_before_building(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, args: list[str], what: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MATGRAD_MEMORY_LIMIT", "1G")
+    code, out, err = run(args, capsys)
+    assert code == 1 and "epoch" not in out
+    line = one_line_error(err)
+    assert f"{what} needs about" in line and "more than the 1.0 GiB allowed by MATGRAD_MEMORY_LIMIT=1G" in line
+    assert "use smaller --hidden sizes" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_memory_is_estimated_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "m.safetensors"
+    matgrad.save(matgrad.nn.MLP([784, 16, 10]), model, metadata={"sizes": "784,16,10"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MATGRAD_MEMORY_LIMIT", "10K")
+        code, _, err = run(["eval", "--model", str(model)], capsys)
+    assert code == 1 and "evaluating MLP 784-16-10 needs about" in one_line_error(err)
+
+
+@pytest.mark.parametrize("command", [["train", *SMALL], ["graph"]])
+def test_an_allocation_failure_is_one_line_saying_what_to_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    np = pytest.importorskip("numpy")
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        try:  # NumPy's own error, a MemoryError subclass, as np.zeros raises it
+            from numpy._core._exceptions import _ArrayMemoryError
+        except ImportError:
+            from numpy.core._exceptions import _ArrayMemoryError  # NumPy 1.x
+        raise _ArrayMemoryError((2000000, 784), np.dtype("float32"))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(matgrad.nn, "MLP", out_of_memory)
+    code, _, err = run(command, capsys)
+    assert code == 1
+    line = one_line_error(err)
+    assert line.startswith(f"matgrad {command[0]}: error: out of memory; use smaller --hidden sizes")
+    assert "Unable to allocate" not in line  # NumPy's own words are not what to change

@@ -32,6 +32,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,9 +112,12 @@ def parse(text: str) -> list[Block]:
         if marker is not None:
             block.marker, block.marker_after = marker[0], marker[2]
         snippet = _SNIPPET.match(body[0].strip()) if len(body) == 1 else None
-        if snippet is not None:  # --8<-- "path": the file's content, as MkDocs will show it
-            block.source = ROOT / snippet["path"]
+        if snippet is not None:  # --8<-- "path" or "path:section": the file's content, as MkDocs shows it
+            path, _, section = snippet["path"].partition(":")
+            block.source = ROOT / path
             block.code = block.source.read_text(encoding="utf-8")
+            if section:
+                block.code = _section(block.code, section, path)
         blocks.append(block)
         previous_content = j
         last_marker = None
@@ -127,6 +131,16 @@ def parse(text: str) -> list[Block]:
                 )
             prev.expected_output = b
     return blocks
+
+
+def _section(text: str, name: str, path: str) -> str:
+    """The lines between ``--8<-- [start:name]`` and ``--8<-- [end:name]`` (pymdownx.snippets), dedented."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.strip().endswith(f"--8<-- [start:{name}]")]
+    ends = [i for i, line in enumerate(lines) if line.strip().endswith(f"--8<-- [end:{name}]")]
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        raise ValueError(f"{path}: section {name!r} needs one start and one end marker")
+    return textwrap.dedent("".join(lines[starts[0] + 1 : ends[0]]))
 
 
 def _pages_with_code() -> list[Path]:
@@ -283,7 +297,7 @@ def test_info_strings_are_known(page: Path) -> None:
             f"{_page_id(page)}:{b.open_line}: unknown info string ```{b.lang}; use ```python (run), "
             f"```python-norun (not run) or one of {sorted(NOT_RUN - {''})}"
         )
-        if b.lang == NORUN:
+        if b.lang == NORUN and b.source is None:  # an included file is code of the project, shown as it is
             first = next((ln for ln in b.code.splitlines() if ln.strip()), "")
             assert first.lstrip().startswith("#"), (
                 f"{_page_id(page)}:{b.line}: a ```python-norun block starts with a comment saying why it is not run"
@@ -367,8 +381,8 @@ def test_cli_reference_covers_every_command() -> None:
     assert documented >= {"", "train", "eval", "graph", "info"}
 
 
-def test_snippet_test_file_passes() -> None:
-    snippet = DOCS / "snippets" / "test_my_layer.py"
+@pytest.mark.parametrize("snippet", sorted((DOCS / "snippets").glob("test_*.py")), ids=lambda p: p.name)
+def test_snippet_test_file_passes(snippet: Path) -> None:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("MATGRAD_BACKEND", None)
     result = subprocess.run(

@@ -2,13 +2,14 @@
 
 Each test starts the script in a subprocess (``sys.executable``), checks the exit status and
 reads a result from its output: XOR's four predictions, the spirals' accuracy, the MNIST
-scripts' accuracy, the Hessian's relative error. A meta-test fails when a script in examples/
-has no test here, or no section in docs/examples.md.
+scripts' accuracy, the Hessian's relative error, Newton's lead over gradient descent. A meta-test
+fails when a script in examples/ has no test here, or no section in docs/examples.md.
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import re
 import subprocess
@@ -227,6 +228,26 @@ def test_hessian_matches_finite_differences(backend: str, tmp_path: Path) -> Non
     assert number(r"relative error against finite differences = ([0-9.e+-]+)", out) < 1e-4
     assert number(r"max \|H - H.T\| = ([0-9.e+-]+)", out) < 1e-10
     assert len(re.findall(r"^(\s+-?\d+\.\d{3}){13}$", out, re.M)) == 13  # the 13x13 Hessian
+
+
+# -- newton_logistic --------------------------------------------------------------------------
+
+
+@covers("newton_logistic.py")
+def test_newton_beats_gradient_descent(backend: str, tmp_path: Path) -> None:
+    out = run("newton_logistic.py", "--backend", backend, "--steps", "6", cwd=tmp_path).stdout
+    curves = [
+        (int(s), float(gd), float(nt)) for s, gd, nt in re.findall(r"^\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)$", out, re.M)
+    ]
+    assert [s for s, _, _ in curves] == list(range(7))
+    assert curves[0][1] == curves[0][2]  # both start from w = 0
+    assert all(nt < gd for _, gd, nt in curves[1:])  # Newton is ahead at every step
+    gds = [gd for _, gd, _ in curves]
+    assert all(b < a for a, b in itertools.pairwise(gds))  # the step 1/L never overshoots
+    assert abs(curves[5][2] - curves[6][2]) < 1e-9  # Newton has converged in 5 steps
+    assert curves[6][1] - curves[6][2] > 0.03  # while gradient descent is still far off
+    assert number(r"final gradient norm: gradient descent [0-9.e+-]+, Newton ([0-9.e+-]+)", out) < 1e-10
+    assert number(r"max abs difference ([0-9.e+-]+)", out) < 1e-12  # hessian = X^T diag(p(1-p)) X / N
 
 
 # -- draw_graph -------------------------------------------------------------------------------

@@ -7,14 +7,17 @@ import math
 import os
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from special_files import KINDS, call_with_deadline, posix_only, special_file
 
 from matgrad import ArgumentError
 from matgrad._errors import DataError
 from matgrad.data import IDX_TYPES, IdxArray, read_idx, write_idx
+from matgrad.data.idx import MAX_DEFLATE_RATIO, read_idx_header
 
 # dtype -> hypothesis strategy of values that type holds exactly
 VALUES = {
@@ -218,11 +221,14 @@ def test_corrupt_gzip(tmp_path: Path, mangle: object, message: str) -> None:
     assert str(path) in str(info.value)
 
 
-def test_missing_and_unreadable(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="no such file"):
-        read_idx(tmp_path / "nope")
-    with pytest.raises(DataError, match="cannot open"):
-        read_idx(tmp_path)
+@posix_only
+@pytest.mark.parametrize("kind", KINDS)
+def test_non_regular_files_are_refused_with_the_true_reason(tmp_path: Path, kind: str) -> None:
+    path, reason = special_file(tmp_path, kind)
+    for fn in (read_idx, read_idx_header):
+        exc = call_with_deadline(lambda fn=fn: fn(path), path if kind == "fifo" else None)
+        assert isinstance(exc, DataError), repr(exc)
+        assert str(exc).startswith(f"{path}: {reason}")
 
 
 HUGE = bytes([0, 0, 0x0E, 3]) + (2**32 - 1).to_bytes(4, "big") * 3  # ~6e29 bytes of float64 declared
@@ -258,3 +264,84 @@ def test_reads_at_most_declared_plus_one(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert peak < 8 * 2**20
     assert os.path.getsize(path) < 2**20
+
+
+def idx_gz(path: Path, shape: tuple[int, ...], zeros: int) -> None:
+    """A gzip file: a uint8 IDX header declaring ``shape``, then ``zeros`` zero bytes."""
+    header = bytes([0, 0, 8, len(shape)]) + b"".join(d.to_bytes(4, "big") for d in shape)
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(header)
+        for _ in range(zeros // 2**20):
+            f.write(bytes(2**20))
+        f.write(bytes(zeros % 2**20))
+
+
+def peak_while(fn: Any) -> tuple[BaseException | None, int]:
+    tracemalloc.start()
+    try:
+        try:
+            fn()
+            exc = None
+        except Exception as e:
+            exc = e
+        return exc, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_gzip_declaring_more_than_it_can_hold_is_refused_before_inflating(tmp_path: Path) -> None:
+    # 8 MiB of zeros gzip to ~8 KB, which can hold at most ~8 MB: a 2 GiB header is a lie
+    path = tmp_path / "bomb.gz"
+    idx_gz(path, (2048, 1024, 1024), 8 * 2**20)
+    size = path.stat().st_size
+    exc, peak = peak_while(lambda: read_idx(path))
+    assert isinstance(exc, DataError)
+    assert f"truncated: header declares 2048x1024x1024 uint8 = {2**31} bytes of data" in str(exc)
+    assert f"a {size}-byte gzip file holds at most {MAX_DEFLATE_RATIO * size}" in str(exc)
+    assert peak < 2**20  # refused before inflating: not even the first MiB was decompressed
+
+
+def test_a_valid_gzip_file_is_inflated_once_at_its_declared_size(tmp_path: Path) -> None:
+    path = tmp_path / "zeros.gz"
+    idx_gz(path, (16, 1024, 1024), 16 * 2**20)
+    arr = None
+
+    def read() -> None:
+        nonlocal arr
+        arr = read_idx(path)
+
+    exc, peak = peak_while(read)
+    assert exc is None and arr is not None and arr.shape == (16, 1024, 1024)
+    assert peak < 24 * 2**20  # 16 MiB of data and chunks in flight; a second copy would make it 32+
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gzip"])
+def test_declared_size_over_the_memory_budget_is_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compress: bool
+) -> None:
+    path = tmp_path / "big"
+    write_idx(path, ((4, 1024, 1024), "uint8", bytes(4 * 2**20)), compress=compress)
+    monkeypatch.setenv("MATGRAD_MEMORY_LIMIT", "1M")
+    exc, peak = peak_while(lambda: read_idx(path))
+    assert isinstance(exc, DataError) and str(exc).startswith(f"{path}: ")
+    assert "needs about 4.0 MiB of memory, more than the 1.0 MiB allowed by MATGRAD_MEMORY_LIMIT=1M" in str(exc)
+    assert peak < 2**20
+    with pytest.raises(DataError, match="over the max_bytes=1000 this read allows"):
+        read_idx(path, max_bytes=1000)
+    assert read_idx(path, max_bytes=4 * 2**20).shape == (4, 1024, 1024)  # an explicit cap replaces the budget
+    monkeypatch.setenv("MATGRAD_MEMORY_LIMIT", "off")
+    assert read_idx(path).shape == (4, 1024, 1024)
+
+
+@pytest.mark.parametrize(("value", "error"), [("-1", ArgumentError), ("1.5", TypeError), ("x", TypeError)])
+def test_max_bytes_is_checked(tmp_path: Path, value: str, error: type) -> None:
+    write_idx(tmp_path / "a", [1, 2])
+    with pytest.raises(error, match="max_bytes"):
+        read_idx(tmp_path / "a", max_bytes=int(value) if value == "-1" else float(value) if value == "1.5" else value)
+
+
+def test_memory_limit_setting_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_idx(tmp_path / "a", [1, 2])
+    monkeypatch.setenv("MATGRAD_MEMORY_LIMIT", "lots")
+    with pytest.raises(ArgumentError, match="MATGRAD_MEMORY_LIMIT='lots' is not a size"):
+        read_idx(tmp_path / "a")

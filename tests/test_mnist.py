@@ -17,12 +17,14 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from special_files import KINDS, call_with_deadline, posix_only, special_file
 
 import matgrad as mg
 from matgrad import ArgumentError, DTypeError
@@ -187,6 +189,59 @@ def test_missing_files_say_where_and_how_to_fix(tmp_path: Path) -> None:
         assert fix in message
 
 
+@posix_only
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "missing"])
+def test_a_special_file_in_place_of_an_mnist_file_is_named(tmp_path: Path, kind: str) -> None:
+    write_fake(tmp_path, fake_mnist(), gz=False)
+    target = tmp_path / NAMES[0]  # the first file either reads
+    target.unlink()
+    made, reason = special_file(tmp_path, kind)
+    made.rename(target)
+    for fn in (lambda: load_mnist(tmp_path), lambda: download_mnist(tmp_path, mirrors=["http://127.0.0.1:9/"])):
+        exc = call_with_deadline(fn, target if kind == "fifo" else None)
+        assert isinstance(exc, DataError), repr(exc)
+        assert str(exc).startswith(f"{target}: {reason}") and "not found" not in str(exc)
+
+
+@posix_only
+@pytest.mark.parametrize(("kind", "reason"), [("file", "a file"), ("fifo", "a FIFO (named pipe)")])
+def test_a_root_that_is_not_a_folder_is_named(tmp_path: Path, kind: str, reason: str) -> None:
+    root = tmp_path / "mnist"
+    if kind == "file":
+        root.write_bytes(b"")
+    else:
+        os.mkfifo(root)
+    with pytest.raises(DataError, match=f"^{re.escape(str(root))}: is {re.escape(reason)}, not a folder"):
+        load_mnist(root)
+
+
+def test_header_claiming_more_images_than_the_file_holds_is_refused_before_reading(tmp_path: Path) -> None:
+    write_fake(tmp_path, fake_mnist())
+    path = tmp_path / (NAMES[0] + ".gz")  # 1,000,000 images declared, 4 MiB of zeros inside (~4 KB)
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + struct.pack(">III", 1_000_000, 28, 28))
+        f.write(bytes(4 * 2**20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=f"^{re.escape(str(path))}: truncated: header declares 1000000x28x28"):
+            load_mnist(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20  # nothing inflated, nothing allocated for the 784 MB declared
+
+
+def test_mnist_that_would_not_fit_in_memory_is_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_fake(tmp_path, fake_mnist())
+    monkeypatch.setenv("MATGRAD_MEMORY_LIMIT", "20K")
+    with pytest.raises(DataError, match=r"MNIST in .* \(40 images as float64 on the numpy backend\) needs about"):
+        load_mnist(tmp_path, backend="numpy", dtype="float64")
+    monkeypatch.setenv("MATGRAD_MEMORY_LIMIT", "1M")
+    assert load_mnist(tmp_path, backend="numpy", dtype="float64").x_train.shape == (30, 784)
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [
@@ -294,6 +349,19 @@ class Handler(BaseHTTPRequestHandler):
             srv.release.wait(10)
         elif mode == "stall":  # not even a status line
             srv.release.wait(10)
+        elif mode == "drip":  # the whole body, one byte at a time, each well within the read timeout
+            self._head(len(body))
+            for i in range(len(body)):
+                if srv.release.wait(0.05):
+                    break
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+        elif mode == "drip-headers":  # even the status line comes one byte at a time
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n" * 1000:
+                if srv.release.wait(0.05):
+                    break
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
         else:
             raise AssertionError(f"unknown mode {mode}")
 
@@ -378,6 +446,10 @@ FAILURES = {
     "reset": r"connection (dropped|closed)",
     "slow": f"timed out \\(no data for {TIMEOUT:g} s\\)",
     "stall": f"timed out \\(no data for {TIMEOUT:g} s\\)",
+    # a byte every 0.05 s never trips the 0.5 s read timeout: the bound on the whole transfer does
+    "drip": rf"too slow: \d+ bytes in [\d.]+ s, past the transfer's deadline \(a download must average "
+    rf"16,384 bytes/s after its first {2 * TIMEOUT:g} s",
+    "drip-headers": r"too slow: 0 bytes in [\d.]+ s",
 }
 
 
@@ -485,6 +557,35 @@ def test_unwritable_root(tmp_path: Path, server: Server) -> None:
     with pytest.raises(DataError, match=r"cannot write to .*file/mnist: .*pass root= a writable directory"):
         fetch(tmp_path / "file" / "mnist", [url(server, "good")])
     assert server.log == []
+
+
+def test_a_full_disk_is_not_a_mirror_failure(tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_new_temp = mnist_module.new_temp
+
+    class Full:
+        def __init__(self, f: Any) -> None:
+            self.f = f
+
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        def __enter__(self) -> Full:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.f.close()
+
+    def new_temp(directory: str, name: str) -> tuple[str, Any]:
+        path, f = real_new_temp(directory, name)
+        return path, Full(f)
+
+    monkeypatch.setattr(mnist_module, "new_temp", new_temp)
+    with pytest.raises(
+        DataError, match=rf"^cannot write train-images-idx3-ubyte.gz into {re.escape(str(tmp_path))}: No"
+    ):
+        fetch(tmp_path, [url(server, "good"), url(server, "good")])
+    assert server.log == ["/good/train-images-idx3-ubyte.gz"]  # the second mirror would fail alike
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_default_mirrors_are_https() -> None:

@@ -551,3 +551,126 @@ def test_fan_in_of_1000(backend: str, default_recursion_limit: Any) -> None:
     marks = traced(run)
     assert marks["peak"] < 8 * 2**20, marks
     assert marks["residue"] < 64 * 1024, marks
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 11: the four numeric classes, by the cases reported (tests/test_edge_values.py audits
+# every op for them against PyTorch)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_pow_0_and_1_have_exact_gradients_at_zero(backend: str, dtype: str, create_graph: bool) -> None:
+    """0 * inf at an edge: x ** 0 gave NaN at x = 0 (0 * 0 ** -1), also for an infinite upstream."""
+    for upstream in ([[1.5, -2.0, 0.5]], [[INF, -INF, INF]]):
+        x = tensor([[0.0, 2.0, -3.0]], dtype)
+        (x**0).backward(mg.Tensor2D(upstream, dtype=dtype), create_graph=create_graph)
+        assert x.grad.tolist() == [[0.0, 0.0, 0.0]]
+        x = tensor([[0.0, 2.0, -3.0]], dtype)
+        (x**1).backward(mg.Tensor2D(upstream, dtype=dtype), create_graph=create_graph)
+        assert x.grad.tolist() == upstream
+
+
+def _torch_soft_ce(logits: list[list[float]], targets: list[list[float]]) -> tuple[Any, Any, Any]:
+    torch = pytest.importorskip("torch")
+    x = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(targets, dtype=torch.float64, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(x, t)
+    gx, gt = torch.autograd.grad(loss, [x, t], create_graph=True)
+    return x, t, (loss, gx, gt)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_soft_cross_entropy_target_gradient_where_a_target_is_0(backend: str, dtype: str) -> None:
+    """A guard that cut a path: dL/dt was 0 where t = 0; the truth is -log_softmax(x) / n."""
+    logits = [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]]
+    targets = [[0.0, 1.0, 0.0], [0.3, 0.0, 0.7]]
+    x, t = tensor(logits, dtype), tensor(targets, dtype)
+    F.cross_entropy(x, t).backward()
+    want = [[-v / 2 for v in log_softmax_row(row)] for row in logits]
+    assert_close(t.grad.tolist(), want, dtype, "dL/dt")
+    assert t.grad.tolist()[0][0] != 0.0 and t.grad.tolist()[1][1] != 0.0
+
+
+def test_soft_cross_entropy_second_derivatives_through_targets_match_pytorch(backend: str) -> None:
+    logits = [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]]
+    targets = [[0.0, 1.0, 0.0], [0.3, 0.0, 0.7]]
+    tx, tt, (_, tgx, tgt) = _torch_soft_ce(logits, targets)
+    v = [[0.7, -1.3, 0.4], [-0.2, 0.9, 1.1]]
+    torch = pytest.importorskip("torch")
+    tv = torch.tensor(v, dtype=torch.float64)
+    want = torch.autograd.grad((tgt * tv).sum() + (tgx * tv).sum(), [tx, tt])
+    x, t = tensor(logits, "float64"), tensor(targets, "float64")
+    gx, gt = mg.grad(F.cross_entropy(x, t), [x, t], create_graph=True)
+    mv = mg.Tensor2D(v, dtype="float64")
+    got = mg.grad((gt * mv).sum() + (gx * mv).sum(), [x, t], allow_unused=True)
+    for g, w, what in zip(got, want, ("d2L/dx..", "d2L/dt..")):
+        assert_close(g.tolist() if g is not None else [[0.0] * 3] * 2, w.tolist(), "float64", what)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_log_softmax_keeps_its_digits_for_huge_logits(backend: str, dtype: str) -> None:
+    """Cancellation: A - (max + log sum) lost 4e-4 at 1e4 in float32, all of it at 1e13."""
+    for big in (1e4, 1e13, -1e13, 3e30):
+        x = tensor([[big, big, big]], dtype, grad=False)
+        assert_close(x.log_softmax().tolist(), [[-math.log(3.0)] * 3], dtype, f"log_softmax at {big}")
+    x = tensor([[1e13, 1e13 + 2048, 1e13 - 4096]], "float64", grad=False)
+    exact = log_softmax_row([0.0, 2048.0, -4096.0])
+    assert_close(x.log_softmax().tolist(), [exact], "float64", "log_softmax at 1e13, float64")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_division_gradient_for_huge_and_tiny_divisors(backend: str, dtype: str) -> None:
+    """An intermediate out of range: -G a / (b b) overflowed at b = 3e19 (float32) though the
+    gradient, -(a / b) / b, is representable; likewise b * b underflowed for tiny b."""
+    if dtype == "float32":  # b * b overflows to inf (gradient 0), or underflows to a subnormal (1.6% off)
+        cases = [(1e11, 3e19), (1e-30, 1e-20), (-2.0, 1e19)]
+    else:
+        cases = [(1e11, 1e160), (1e-300, 1e-160)]
+    for a_val, b_val in cases:
+        a = tensor([[a_val]], dtype)
+        b = tensor([[b_val]], dtype)
+        (a / b).sum().backward()
+        av, bv = a.tolist()[0][0], b.tolist()[0][0]  # the stored (rounded) values
+        want = -(av / bv) / bv
+        assert math.isfinite(want) and want != 0.0
+        assert_close(b.grad.tolist(), [[want]], dtype, f"d(a/b)/db at a={a_val}, b={b_val}")
+        assert_close(a.grad.tolist(), [[1.0 / bv]], dtype, "d(a/b)/da")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_relu_then_sqrt_has_no_nan_gradient(backend: str, dtype: str) -> None:
+    """relu's rule multiplied by a 0/1 mask: inf * 0 = NaN where sqrt'(0) = inf meets relu'(0) = 0."""
+    x = tensor([[-1.0, 0.0, 4.0]], dtype)
+    x.relu().sqrt().sum().backward()
+    assert x.grad.tolist() == [[0.0, 0.0, 0.25]]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_selection_through_a_matmul_gives_no_nan(backend: str, dtype: str) -> None:
+    w = tensor([[1.0, -1.0], [0.5, 1.0]], dtype)
+    x = tensor([[1.0, 1.0], [0.0, 3.0]], dtype, grad=False)
+    h = (x @ w).relu()  # h[0, 1] = 1 - 1 = 0 exactly: relu's kink, where sqrt's gradient is inf
+    h.sqrt().sum().backward()
+    g = w.grad.tolist()
+    assert all(math.isfinite(v) for row in g for v in row), g
+    # dL/dh = [[1/(2 sqrt 1.5), 0], [1/(2 sqrt 1.5), 1/(2 sqrt 3)]];  dW = x.T @ dL/dh
+    assert_close([[g[0][1]], [g[1][1]]], [[0.0], [3 / (2 * math.sqrt(3.0))]], dtype, "dW column 1")
+
+
+@pytest.mark.parametrize("op", ["abs", "relu", "max", "where", "dropout"])
+def test_rules_that_zero_entries_select_even_for_an_infinite_upstream(backend: str, op: str) -> None:
+    x = tensor([[0.0, -2.0, 3.0]], "float64")
+    fns: dict[str, Callable[[mg.Tensor2D], mg.Tensor2D]] = {
+        "abs": lambda t: t.abs(),
+        "max": lambda t: t.max(axis=1),
+        "relu": lambda t: t.relu(),
+        "where": lambda t: mg.where(mg.Tensor2D([[0.0, 1.0, 0.0]], dtype="float64"), t, 0.0),
+        "dropout": lambda t: F.dropout(t, 0.5),
+    }
+    out = fns[op](x)
+    out.backward(mg.Tensor2D([[INF] * out.ncols] * out.nrows, dtype="float64"))
+    g = x.grad.tolist()[0]
+    assert not any(math.isnan(v) for v in g), g
+    assert 0.0 in g  # at least one entry was selected away, and it is exactly 0

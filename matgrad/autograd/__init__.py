@@ -3,7 +3,9 @@
 * ``grad_mode``: ``no_grad``, ``enable_grad``, ``set_grad_enabled``, ``detect_anomaly`` (per thread);
 * ``graph``: ``Op`` (every op's base class and its single apply path), ``record``, graph hooks;
 * ``engine``: ``backward`` and ``grad`` over one pure propagation function;
-* ``function``: ``Function``, a user's op with a user's backward, as ``torch.autograd.Function``.
+* ``function``: ``Function``, a user's op with a user's backward, as ``torch.autograd.Function``;
+* ``functional``: ``vjp``, ``jvp``, ``jacobian``, ``hessian``, ``hvp``, ``vhp``, as
+  ``torch.autograd.functional`` (Jacobians as matrices by row-major indexing).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from matgrad.autograd.graph import Op, RemovableHandle, record, register_record_
 from matgrad.autograd.engine import backward, grad
 from matgrad.autograd.function import Function, FunctionCtx
 
+from matgrad.autograd import functional  # isort: skip
+
 __all__ = [
     "Function",
     "FunctionCtx",
@@ -31,6 +35,7 @@ __all__ = [
     "backward",
     "detect_anomaly",
     "enable_grad",
+    "functional",
     "grad",
     "is_anomaly_enabled",
     "is_debug_enabled",

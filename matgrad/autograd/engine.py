@@ -13,16 +13,24 @@ input was a broadcast ``(1, n)``, ``(m, 1)`` or ``(1, 1)`` operand, the engine s
 from __future__ import annotations
 
 import operator
+import threading
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from matgrad._errors import AnomalyError, ArgumentTypeError, GraphError
 from matgrad.autograd.grad_mode import state
-from matgrad.tensor import Tensor2D, _wrap
+from matgrad.tensor import CHANGES, Tensor2D, _wrap
 
 if TYPE_CHECKING:
     from matgrad.autograd.graph import Op
 
 __all__ = ["backward", "grad"]
+
+# One backward pass at a time in the process. The walk keeps its scratch on the graph's ops (the
+# pending gradient, a visit mark) and stores into shared leaves' .grad: two threads walking one
+# graph, or accumulating into one parameter, must not interleave (PyTorch locks per node; one
+# lock per pass is enough here, and costs one uncontended acquire per backward call). Forward
+# passes never take it. Re-entrant: a Function's backward may call grad() itself.
+_lock = threading.RLock()
 
 
 def _shapes(tensors: Sequence[Tensor2D]) -> str:
@@ -114,11 +122,16 @@ def _check_runnable(order: list[Tensor2D]) -> None:
         if op is None:
             continue
         if op.released:
-            raise GraphError(
-                f"backward through {op.describe()} a second time: its graph was released by the "
-                "first backward; pass retain_graph=True to the first call (or recompute the forward pass)"
-            )
-        op.check_saved()
+            _raise_released(op)
+        if op._checks_saved:
+            op.check_saved()
+
+
+def _raise_released(op: Op) -> None:
+    raise GraphError(
+        f"backward through {op.describe()} a second time: its graph was released by the "
+        "first backward; pass retain_graph=True to the first call (or recompute the forward pass)"
+    )
 
 
 def _propagate(
@@ -132,8 +145,10 @@ def _propagate(
 
     Returns ``(tensor, gradient)`` for every tensor in ``capture`` (ids), or, with ``capture``
     None, for every leaf and every tensor marked ``retain_grad``. Rules run with grad mode set to
-    ``create_graph``, so with it on the gradients carry their own graph. Pure: no ``.grad`` is
-    written and nothing is released; on failure no gradient is left waiting on an op.
+    ``create_graph``, so with it on the gradients carry their own graph. Each op is checked as
+    the pass reaches it (not released, saved tensors unchanged). Pure: no ``.grad`` is written
+    and nothing is released, so a failure, wherever it happens, changes nothing; no gradient is
+    left waiting on an op.
     """
     at_leaves: dict[int, Tensor2D] = {}  # a made tensor's pending gradient waits on its op
     for root, seed in zip(roots, seeds):
@@ -160,6 +175,10 @@ def _propagate(
                 found.append((node, g))
             if op is None:
                 continue
+            if op.released:  # checked as the pass reaches each op: a failed pass changes nothing
+                _raise_released(op)
+            if op._checks_saved and op.clock != CHANGES[0]:  # something changed in place since
+                op.check_saved()
             if anomaly:  # rules build ops of their own: check their gradients, not their forwards
                 st.anomaly = False
                 try:
@@ -274,26 +293,26 @@ def backward(
         )
     seed = _seed_grad(tensor, grad, "backward")
     keep = create_graph if retain_graph is None else retain_graph
-    order = _topological_order([tensor])
-    _check_runnable(order)
-    found = _propagate(order, [tensor], [seed], create_graph, None)
-    # All or nothing: .grad is written only once every rule has run.
-    taken = {seed._backend.storage(seed._data)} if grad is not None else set()
-    for node, g in found:
-        if not create_graph and g.requires_grad:
-            g = g.detach()
-        if node.grad is not None:
-            if create_graph:
-                with _GradOn():
+    with _lock:
+        order = _topological_order([tensor])
+        found = _propagate(order, [tensor], [seed], create_graph, None)
+        # All or nothing: .grad is written only once every rule has run.
+        taken = {seed._backend.storage(seed._data)} if grad is not None else set()
+        for node, g in found:
+            if not create_graph and g.requires_grad:
+                g = g.detach()
+            if node.grad is not None:
+                if create_graph:
+                    with _GradOn():
+                        g = node.grad + g
+                else:
                     g = node.grad + g
+                taken.add(g._backend.storage(g._data))
             else:
-                g = node.grad + g
-            taken.add(g._backend.storage(g._data))
-        else:
-            g = _own(g, taken, create_graph)
-        node.grad = g
-    if not keep:
-        _release(order)
+                g = _own(g, taken, create_graph)
+            node.grad = g
+        if not keep:
+            _release(order)
 
 
 def _as_sequence(x: Any, what: str, allow_none: bool = False) -> list[Any]:
@@ -340,19 +359,19 @@ def grad(
         roots.append(o)
         seeds.append(_seed_grad(o, s, "grad"))
     keep = create_graph if retain_graph is None else retain_graph
-    order = _topological_order(roots)
-    reached = {id(t) for t in order}
-    if not allow_unused:  # checked before anything runs, so nothing is released by a failed call
-        for i, t in enumerate(ins):
-            if id(t) not in reached:
-                raise GraphError(
-                    f"grad: input #{i} ({t.nrows}x{t.ncols}) was not used to compute the outputs; "
-                    "pass allow_unused=True to get None for it"
-                )
-    _check_runnable(order)
-    found = dict((id(t), g) for t, g in _propagate(order, roots, seeds, create_graph, {id(t) for t in ins}))
-    if not keep:
-        _release(order)
+    with _lock:
+        order = _topological_order(roots)
+        reached = {id(t) for t in order}
+        if not allow_unused:  # checked before anything runs, so nothing is released by a failed call
+            for i, t in enumerate(ins):
+                if id(t) not in reached:
+                    raise GraphError(
+                        f"grad: input #{i} ({t.nrows}x{t.ncols}) was not used to compute the outputs; "
+                        "pass allow_unused=True to get None for it"
+                    )
+        found = dict((id(t), g) for t, g in _propagate(order, roots, seeds, create_graph, {id(t) for t in ins}))
+        if not keep:
+            _release(order)
     # The user's own grad_outputs may pass through (PyTorch documents it); nothing else is shared.
     passed = {s._backend.storage(s._data) for s, given in zip(seeds, seeds_in) if given is not None}
     taken: set[int] = set()

@@ -27,9 +27,9 @@ from typing import Any, ClassVar
 
 from matgrad._errors import ArgumentTypeError, BackendError, DTypeError, GraphError, ShapeError
 from matgrad.autograd.grad_mode import no_grad, state
-from matgrad.autograd.graph import Op, _version, raise_modified, record
+from matgrad.autograd.graph import Op, raise_modified, record
 from matgrad.backends.base import Backend, Data
-from matgrad.tensor import Tensor2D, _wrap
+from matgrad.tensor import CHANGES, Tensor2D, _wrap
 
 __all__ = ["Function", "FunctionCtx"]
 
@@ -51,7 +51,7 @@ class FunctionCtx:
 
     def __init__(self) -> None:
         self._saved: tuple[Tensor2D | None, ...] = ()
-        self._versions: tuple[int, ...] = ()
+        self._clock = -1
         self._released = False
         self.materialize_grads = True
 
@@ -64,7 +64,7 @@ class FunctionCtx:
                     "(keep other values as attributes: ctx.alpha = alpha)"
                 )
         self._saved = tensors
-        self._versions = tuple(-1 if t is None else _version(t) for t in tensors)
+        self._clock = CHANGES[0]  # the op's clock: a saved tensor changed after it makes backward refuse
 
     @property
     def saved_tensors(self) -> tuple[Tensor2D | None, ...]:
@@ -106,9 +106,9 @@ class FunctionOp(Op):
 
     def check_saved(self) -> None:
         ctx = self.ctx
-        for k, (t, v) in enumerate(zip(ctx._saved, ctx._versions)):
-            if t is not None and _version(t) != v:
-                raise_modified(self, f"saved tensor #{k}", t, v)
+        for k, t in enumerate(ctx._saved):
+            if t is not None and t._vc is not None and t._vc.clock > self.clock:
+                raise_modified(self, f"saved tensor #{k}", t)
 
     def release(self) -> None:
         super().release()
@@ -132,7 +132,26 @@ class FunctionOp(Op):
         if self.ctx.materialize_grads:
             outs = [g if g is not None else _zeros_like_output(self, k) for k, g in enumerate(outs)]
         result = fn.backward(self.ctx, *outs)  # type: ignore[arg-type]
-        return self._check_grads(result)
+        return self._unshared(self._check_grads(result))
+
+    def _unshared(self, grads: tuple[Tensor2D | None, ...]) -> tuple[Tensor2D | None, ...]:
+        """The gradients, copied where one is a tensor the user holds (an input, a saved tensor,
+        a ``ctx`` attribute, an output): the engine hands gradients out as ``.grad``, and a user's
+        later in-place change of one must not reach the other (as PyTorch clones a gradient
+        someone else holds)."""
+        held: set[int] = set()
+        candidates: list[Any] = [*self.args, *self.ctx._saved, *vars(self.ctx).values()]
+        candidates += [ref() for ref in self.output_refs]
+        for t in candidates:
+            for u in t if isinstance(t, (tuple, list)) else (t,):
+                if isinstance(u, Tensor2D):
+                    held.add(u._backend.storage(u._data))
+        out: list[Tensor2D | None] = []
+        for g in grads:
+            if g is not None and g._backend.storage(g._data) in held:
+                g = g.clone() if state.grad_enabled else _wrap(g._backend.copy(g._data), g._backend)
+            out.append(g)
+        return tuple(out)
 
     def _check_grads(self, result: Any) -> tuple[Tensor2D | None, ...]:
         name, site = self.fn.__name__, self.definition_site()
@@ -214,9 +233,9 @@ _op_classes: dict[type, type[FunctionOp]] = {}
 
 def _op_class(fn: type[Function]) -> type[FunctionOp]:
     cls = _op_classes.get(fn)
-    if cls is None:
-        cls = type(fn.__name__, (FunctionOp,), {"name": fn.__name__, "__module__": fn.__module__, "fn_class": fn})
-        _op_classes[fn] = cls
+    if cls is None:  # setdefault: two threads making it at once keep one class
+        made = type(fn.__name__, (FunctionOp,), {"name": fn.__name__, "__module__": fn.__module__, "fn_class": fn})
+        cls = _op_classes.setdefault(fn, made)
     return cls
 
 
@@ -277,20 +296,35 @@ class Function:
         if single:
             o = outs[0]
             out = record(op, o._data, o._backend, inputs)
+            op.clock = ctx._clock  # saved in forward, before the op was recorded
             _share_version(out, o)
             op.output_refs = [weakref.ref(out)]
+            _connect_saved_outputs(ctx, outs, [out])
             return out
         be = outs[0]._backend
         op.n_outputs = len(outs)
         op.grads = [None] * len(outs)
         packed = record(op, be.full(1, 1, 0.0, outs[0].dtype if outs[0].dtype != "int64" else "float32"), be, inputs)
+        op.clock = ctx._clock
         results = []
         for k, o in enumerate(outs):
             r = _Output(op, k, o._data)(packed) if packed.requires_grad else o
             _share_version(r, o)
             results.append(r)
         op.output_refs = [weakref.ref(r) for r in results]
+        _connect_saved_outputs(ctx, outs, results)
         return tuple(results)
+
+
+def _connect_saved_outputs(ctx: FunctionCtx, made: Any, recorded: list[Tensor2D]) -> None:
+    """A saved output becomes the recorded output, so a second derivative flows through it (as PyTorch).
+
+    Anything else forward saved and computed itself stays a constant to the second derivative:
+    save inputs and outputs, and recompute intermediates in backward, when that matters.
+    """
+    swap = {id(m): r for m, r in zip(made, recorded)}
+    if any(t is not None and id(t) in swap for t in ctx._saved):
+        ctx._saved = tuple(swap.get(id(t), t) if t is not None else None for t in ctx._saved)
 
 
 def _share_version(out: Tensor2D, src: Tensor2D) -> None:

@@ -29,11 +29,24 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+GRAD, ANOMALY = 1, 2  # the bits of ``state.mode``
+
+
 class _ThreadState(threading.local):
-    """Per-thread switches; the class attributes are every new thread's defaults."""
+    """Per-thread switches; the class attributes are every new thread's defaults.
+
+    ``mode`` holds both switches as bits (``GRAD | ANOMALY``), kept in step on every write, so
+    the apply path reads one thread-local attribute per op, not two.
+    """
 
     grad_enabled: bool = True
     anomaly: bool = False
+    mode: int = GRAD
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name != "mode":
+            super().__setattr__("mode", (GRAD if self.grad_enabled else 0) | (ANOMALY if self.anomaly else 0))
 
 
 state = _ThreadState()

@@ -15,14 +15,16 @@ changed in place since (see ``Tensor2D._version``).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+from matgrad._checks import operands as _operands
 from matgrad._errors import AnomalyError, GraphError, user_site
-from matgrad.autograd.grad_mode import debug, state
-from matgrad.tensor import Tensor2D, _wrap
+from matgrad.autograd.grad_mode import ANOMALY, GRAD, debug, state
+from matgrad.tensor import CHANGES, Tensor2D, _wrap
 
 if TYPE_CHECKING:
     from matgrad.backends.base import Backend, Data
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Op", "RemovableHandle", "raise_modified", "record", "register_record_hook"]
 
 _sequence = itertools.count()
+_UNARY, _BINARY = 1, 2
 _requires_grad = operator.attrgetter("requires_grad")
 
 RecordHook = Callable[["Op"], None]
@@ -44,7 +47,7 @@ class RemovableHandle:
         self._hook = hook
 
     def remove(self) -> None:
-        if self._hook in self._hooks:
+        with contextlib.suppress(ValueError):  # not "if in: remove": another thread may remove it in between
             self._hooks.remove(self._hook)
 
     def __enter__(self) -> RemovableHandle:
@@ -82,7 +85,6 @@ class Op(metaclass=_OpMeta):
       (m,1), (1,1) operands broadcast (the engine sums their gradients back); with ``arity`` 3
       the first operand is a condition of any dtype (``where``);
     * ``float_only``: every input must be float32/float64 (int64 is refused with a clear error);
-    * ``differentiable``: False for ops whose result never needs a gradient (argmax, compare);
     * ``saves`` / ``saves_output``: the inputs / the output whose *values* backward reads;
     * ``check(*inputs)``: an optional method for op-specific shape checks (matmul's inner size).
 
@@ -92,13 +94,14 @@ class Op(metaclass=_OpMeta):
 
     __slots__ = (
         "_out",
+        "_scope",
+        "clock",
         "grad_out",
         "inputs",
         "mark",
         "needs_input_grad",
         "released",
         "saved",
-        "scope",
         "seq",
         "site",
         "versions",
@@ -108,11 +111,12 @@ class Op(metaclass=_OpMeta):
     arity: ClassVar[int] = 1
     broadcast: ClassVar[bool] = False
     float_only: ClassVar[bool] = True
-    differentiable: ClassVar[bool] = True
     saves: ClassVar[tuple[int, ...]] = ()
     saves_output: ClassVar[bool] = False
     views: ClassVar[bool] = False  # the output may share the input's storage (reshape): one version counter
     _has_check: ClassVar[bool] = False
+    _kind: ClassVar[int] = 0  # _UNARY, _BINARY or 0: which path of __call__ fits the declarations
+    _checks_saved: ClassVar[bool] = False  # saves something, or overrides check_saved
     _moves: ClassVar[bool] = False  # defines result_backend: the output lives on another backend
 
     # Set by ``record`` when the op joins a graph (slots, so unset on ops that never do).
@@ -120,10 +124,9 @@ class Op(metaclass=_OpMeta):
     needs_input_grad: tuple[bool, ...]
     released: bool
     saved: Any
-    scope: tuple[Any, ...]
     seq: int  # creation order: an op's inputs were all made by ops with smaller numbers
     site: str
-    versions: tuple[int, ...]  # versions of the saved inputs (then the output) when recorded
+    clock: int  # tensor.CHANGES when recorded: if it has not moved since, nothing saved can have changed
     # Engine scratch (no dicts keyed by id() on the hot path): the gradient of this op's output
     # accumulated so far during a backward pass, and the token of the last walk that visited it.
     grad_out: Tensor2D | None
@@ -145,12 +148,53 @@ class Op(metaclass=_OpMeta):
             cls.name = cls.__name__.lower()
         cls._has_check = any("check" in k.__dict__ for k in cls.__mro__ if k is not Op)
         cls._moves = any("result_backend" in k.__dict__ for k in cls.__mro__ if k is not Op)
+        plain = not (cls._has_check or cls._moves or cls.views)
+        cls._kind = (
+            _BINARY if plain and cls.broadcast and cls.arity == 2 else _UNARY if plain and cls.arity == 1 else 0
+        )
+        cls._checks_saved = bool(cls.saves or cls.saves_output) or any(
+            "check_saved" in k.__dict__ for k in cls.__mro__ if k is not Op
+        )
 
     def __call__(self, *args: Any) -> Tensor2D:
         """Apply the op: check the operands as declared, run ``forward``, record the result."""
-        from matgrad import _checks  # bound at first call: _checks imports this module
-
-        inputs = _checks.operands(self, args)
+        # The two commonest shapes of op get a path with as few calls and lookups as possible:
+        # every op runs through here, forward and in every backward rule.
+        kind = self._kind
+        if kind == _BINARY and len(args) == 2:
+            a, b = args
+            if not (
+                isinstance(a, Tensor2D)
+                and isinstance(b, Tensor2D)
+                and a._backend is b._backend
+                and ((da := a._data.dtype) is (db := b._data.dtype) or da == db)
+                and a._data.shape == b._data.shape
+                and (not self.float_only or da in a._backend.float_types)
+            ):
+                a, b = _operands(self, args)
+            be = a._backend
+            out = _wrap(self.forward(be, a._data, b._data), be)
+            mode = state.mode
+            if mode == GRAD:
+                if a.requires_grad or b.requires_grad:
+                    _link(self, out, (a, b), False)
+            elif mode:
+                _record_slow(self, out, (a, b), mode)
+            return out
+        if kind == _UNARY and len(args) == 1:
+            a = args[0]
+            if not isinstance(a, Tensor2D) or (self.float_only and a._data.dtype not in a._backend.float_types):
+                (a,) = _operands(self, args)
+            be = a._backend
+            out = _wrap(self.forward(be, a._data), be)
+            mode = state.mode
+            if mode == GRAD:
+                if a.requires_grad:
+                    _link(self, out, (a,), False)
+            elif mode:
+                _record_slow(self, out, (a,), mode)
+            return out
+        inputs = _operands(self, args)
         if self._has_check:
             self.check(*inputs)
         be = inputs[0]._backend
@@ -180,6 +224,18 @@ class Op(metaclass=_OpMeta):
             raise GraphError(f"{self.describe()}: its output tensor no longer exists")
         return out
 
+    @property
+    def scope(self) -> tuple[Any, ...]:
+        """The modules this op was recorded inside, outermost first (``()`` outside any module).
+
+        Set by the diagrams' module tracking (``matgrad.viz.scope``), not by the engine.
+        """
+        return getattr(self, "_scope", ())
+
+    @scope.setter
+    def scope(self, modules: tuple[Any, ...]) -> None:
+        self._scope = modules
+
     def clear(self) -> None:
         """Forget a gradient left waiting here by a failed backward pass."""
         self.grad_out = None
@@ -195,15 +251,17 @@ class Op(metaclass=_OpMeta):
 
     def check_saved(self) -> None:
         """Raise if a tensor saved for backward was changed in place since the op was recorded."""
+        clock = self.clock
         if self.saves:
-            for k, i in enumerate(self.saves):
-                t = self.inputs[i]
-                if _version(t) != self.versions[k]:
-                    raise_modified(self, f"input #{i}", t, self.versions[k])
+            inputs = self.inputs
+            for i in self.saves:
+                vc = inputs[i]._vc
+                if vc is not None and vc.clock > clock:
+                    raise_modified(self, f"input #{i}", inputs[i])
         if self.saves_output:
             out = self._out()
-            if out is not None and _version(out) != self.versions[-1]:
-                raise_modified(self, "output", out, self.versions[-1])
+            if out is not None and out._vc is not None and out._vc.clock > clock:
+                raise_modified(self, "output", out)
 
     def __repr__(self) -> str:
         return f"<{self.describe()} op>"
@@ -215,31 +273,43 @@ _object_new = object.__new__
 def record(op: Op, data: Data, backend: Backend, inputs: tuple[Tensor2D, ...]) -> Tensor2D:
     """Wrap ``data`` as the output of ``op``; link it into the graph when grad mode is on."""
     out = _wrap(data, backend)
-    st = state
-    if st.anomaly:
-        _check_forward(op, out, inputs)
-    if st.grad_enabled and op.differentiable:
-        needs = tuple(map(_requires_grad, inputs))
-        if True in needs:
-            op.inputs = inputs
-            op.needs_input_grad = needs
-            op.released = False
-            op.grad_out = None
-            op.mark = None
-            op.seq = next(_sequence)
-            if op.saves_output:
-                op._out = weakref.ref(out)
-                op.versions = (*[_version(inputs[i]) for i in op.saves], _version(out))
-            elif op.saves:
-                op.versions = tuple([_version(inputs[i]) for i in op.saves])
-            if debug.on or st.anomaly:
-                op.site = user_site()
-            if _record_hooks:
-                for hook in _record_hooks:
-                    hook(op)
-            out._op = op
-            out.requires_grad = True
+    mode = state.mode
+    if mode == GRAD:
+        for t in inputs:
+            if t.requires_grad:
+                _link(op, out, inputs, False)
+                break
+    elif mode:
+        _record_slow(op, out, inputs, mode)
     return out
+
+
+def _record_slow(op: Op, out: Tensor2D, inputs: tuple[Tensor2D, ...], mode: int) -> None:
+    """``record`` with anomaly detection on: check the output first, then link it."""
+    if mode & ANOMALY:
+        _check_forward(op, out, inputs)
+    if mode & GRAD and True in map(_requires_grad, inputs):
+        _link(op, out, inputs, bool(mode & ANOMALY))
+
+
+def _link(op: Op, out: Tensor2D, inputs: tuple[Tensor2D, ...], anomaly: bool) -> None:
+    """Make ``op`` the node that produced ``out``: inputs, what backward will need, its order."""
+    op.inputs = inputs
+    op.needs_input_grad = tuple(map(_requires_grad, inputs))
+    op.released = False
+    op.grad_out = None
+    op.mark = None
+    op.seq = next(_sequence)
+    op.clock = CHANGES[0]  # saved tensors changed after this clock make backward refuse
+    if op.saves_output:
+        op._out = weakref.ref(out)
+    if anomaly or debug.on:
+        op.site = user_site()
+    if _record_hooks:
+        for hook in _record_hooks:
+            hook(op)
+    out._op = op
+    out.requires_grad = True
 
 
 def _version(t: Tensor2D) -> int:
@@ -247,13 +317,13 @@ def _version(t: Tensor2D) -> int:
     return 0 if vc is None else vc.count
 
 
-def raise_modified(op: Op, what: str, t: Tensor2D, saved: int) -> None:
+def raise_modified(op: Op, what: str, t: Tensor2D) -> None:
     """The error for a saved tensor changed in place: which op, which tensor, how, and the fix."""
     label = f"{t.nrows}x{t.ncols}" + (f" {t.name!r}" if t.name else "")
     how = (t._vc.changed if t._vc is not None else "") or "an in-place change"
     raise GraphError(
         f"backward through {op.describe()}: its {what} ({label}) was modified by {how} after "
-        f"{op.describe()} saved it for backward (version {_version(t)}, saved at version {saved}){_site_of(op)}; "
+        f"{op.describe()} saved it for backward (now at version {_version(t)}){_site_of(op)}; "
         "the gradient would be wrong. Change it after backward, or give the op a copy (x.clone()) "
         "and change the original"
     )

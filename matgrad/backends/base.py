@@ -10,6 +10,9 @@ Conventions shared by every kernel:
   Python float) against an ``(m, n)`` one, in either order; the caller has validated shapes;
 * the result has the operands' dtype (the caller has checked they agree), except comparisons,
   which return 0/1 in ``out_dtype``, and ``argmax`` / ``argmin``, which return ``int64``;
+* int64 arithmetic (``add``, ``sub``, ``mul``, ``neg``, ``abs``, ``sum``, ``axpy``, the adjoints)
+  wraps around modulo 2**64, two's complement, as NumPy's and PyTorch's: ``2**63 - 1 + 1`` is
+  ``-2**63``; an int64 ``alpha`` or operand is an integer;
 * reductions keep two dimensions: axis ``None`` gives ``(1, 1)``, ``0`` gives ``(1, n)``,
   ``1`` gives ``(m, 1)``;
 * an index is either a ``slice`` or a list of non-negative, in-range ints (validated upstream).
@@ -82,17 +85,31 @@ class Backend(ABC):
     """Storage and primitive kernels for row-major 2-D matrices."""
 
     name: str = ""
+    device: str = "cpu"
+    """Where the matrices live, in the library's words: ``"cpu"``, ``"cuda:0"``, ``"device1"``."""
     float_types: frozenset[Any] = frozenset()
     """The raw ``dtype`` values (``a.dtype``) of floating matrices, for cheap checks in hot paths."""
 
+    @property
+    def spec(self) -> str:
+        """``name`` for the CPU-only backends, ``name:device`` for the others (``"torch:cuda:0"``)."""
+        return self.name if self.name in ("numpy", "python") else f"{self.name}:{self.device}"
+
+    @property
+    def label(self) -> str:
+        """How messages name this backend: ``numpy``, or ``torch on cuda:0``."""
+        return self.name if self.name in ("numpy", "python") else f"{self.name} on {self.device}"
+
     def __repr__(self) -> str:
-        return f"<matgrad backend {self.name!r}>"
+        if self.name in ("numpy", "python"):
+            return f"<matgrad backend {self.name!r}>"
+        return f"<matgrad backend {self.name!r} on {self.device!r}>"
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
-        # Backends are per-process singletons holding modules: pickle (and deepcopy) by name.
+        # Backends are per-process singletons holding modules: pickle (and deepcopy) by name and device.
         from matgrad.backends import get
 
-        return get, (self.name,)
+        return get, (self.spec,)
 
     # -- construction and conversion ---------------------------------------------------------
     @abstractmethod
@@ -133,6 +150,16 @@ class Backend(ABC):
     @abstractmethod
     def permutation(self, n: int) -> list[int]:
         """A random permutation of ``range(n)`` from this backend's generator."""
+
+    def from_backend(self, source: Backend, a: Data, dtype: str) -> Data:
+        """A copy on this backend of ``source``'s matrix ``a``, converted to ``dtype``.
+
+        Through NumPy where both sides have it (DLPack on the Array API backends), else through
+        nested lists.
+        """
+        if source.name == "python" or self.name == "python":
+            return self.from_rows(source.tolist(a), dtype)
+        return self.from_array(source.to_numpy(a), dtype)
 
     @abstractmethod
     def tolist(self, a: Data) -> list[list[Any]]:
@@ -209,6 +236,14 @@ class Backend(ABC):
     @abstractmethod
     def where(self, cond: Data, a: Operand, b: Operand) -> Data:
         """``a`` where ``cond`` is non-zero, else ``b``."""
+
+    @abstractmethod
+    def keep(self, a: Data, mask: Data) -> Data:
+        """``a`` where ``mask`` is 1, exactly 0 where it is 0 (``mask`` holds only 0 and 1; ``a`` broadcasts to it).
+
+        ``where(mask, a, 0)`` for the 0/1 masks that rules build with ``compare``: it selects, so
+        an infinite or NaN ``a`` gives 0 where the mask is 0 (``a * mask`` would give NaN there).
+        """
 
     @abstractmethod
     def unary(self, op: str, a: Data) -> Data:
@@ -294,7 +329,8 @@ class Backend(ABC):
     def softmax_xent_grad(self, probs: Data, targets: Data, scale: Operand) -> Data:
         """``(probs - onehot(targets)) * scale``: the gradient of the losses w.r.t. the logits.
 
-        ``scale`` is a number or an (n, 1) column.
+        ``scale`` is a number or an (n, 1) column. Subtract first, then scale: written
+        ``probs * scale - scale`` an infinite scale gives inf - inf = NaN at the target.
         """
 
     # -- reductions ---------------------------------------------------------------------------

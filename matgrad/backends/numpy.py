@@ -126,6 +126,8 @@ class NumpyBackend(Backend):
         a[...] = b
 
     def axpy(self, a: Any, b: Any, alpha: float) -> None:
+        if a.dtype.kind == "i":  # an integer alpha (checked upstream): int64 arithmetic, wrapping
+            alpha = int(alpha)
         if alpha == 1.0:
             a += b
         elif alpha == -1.0:
@@ -172,6 +174,16 @@ class NumpyBackend(Backend):
             out = out.astype(cond.dtype)
         return out
 
+    def keep(self, a: Any, mask: Any) -> Any:
+        # A multiply is 4x faster than where; it differs from selection only where a is not
+        # finite and the mask is 0 (inf * 0 = nan), which a non-finite sum reveals.
+        with self.xp.errstate(over="ignore", invalid="ignore"):  # the multiply too: inf * 0 warns
+            out = self.xp.multiply(a, mask)
+            if math.isfinite(self.xp.add.reduce(out, axis=None)):
+                self.xp.add(out, 0.0, out=out)  # -1.5 * 0 is -0.0; selection gives +0.0
+                return out
+        return self.xp.where(mask != 0, a, self.xp.zeros((), a.dtype))
+
     def _sigmoid(self, a: Any) -> Any:
         # exp(-|x|) never overflows; 1 / (1 + exp(-x)) would at x = -1000.
         xp = self.xp
@@ -204,7 +216,9 @@ class NumpyBackend(Backend):
         """The (n, 1) column 0, 1, ..., n-1, cached: it pairs each row with its target."""
         rows = self._row_index.get(n)
         if rows is None:
-            rows = self._row_index[n] = self.xp.arange(n).reshape(n, 1)
+            rows = self.xp.arange(n).reshape(n, 1)
+            rows.flags.writeable = False  # shared by every call (and thread): never written
+            rows = self._row_index.setdefault(n, rows)
         return rows
 
     # Tiny arrays: each NumPy call costs more than the arithmetic, so these use as few as possible.
@@ -224,12 +238,19 @@ class NumpyBackend(Backend):
         return losses, z
 
     def softmax_xent_grad(self, probs: Any, targets: Any, scale: Operand) -> Any:
-        out = probs * scale
-        out[self._rows(probs.shape[0]), targets] -= scale
+        # (probs - onehot) * scale, in that order: probs * scale - scale is inf - inf = NaN at the
+        # target for an infinite scale, where the gradient is (p - 1) * inf = -inf.
+        out = probs.copy()
+        out[self._rows(probs.shape[0]), targets] -= 1.0
+        out *= scale
         return out
 
     def transpose(self, a: Any) -> Any:
-        return self.xp.ascontiguousarray(a.T)
+        out = self.xp.ascontiguousarray(a.T)
+        # A row's or a column's transpose is already contiguous, and ascontiguousarray returns the
+        # view itself: copy it, so that a transpose never shares storage, as on the python backend
+        # (an in-place change of the input would otherwise show through on one backend only).
+        return out.copy() if out.base is not None else out
 
     def reshape(self, a: Any, nrows: int, ncols: int) -> Any:
         return a.reshape(nrows, ncols)

@@ -6,7 +6,8 @@ interpreter loop runs per row, not per element, wherever the maths allows.
 
 float32 is emulated faithfully: values are Python floats rounded to the nearest float32 after
 every kernel (``array("f", ...)``), so a float32 tensor holds the same numbers on both backends.
-int64 tensors hold Python ints.
+int64 tensors hold Python ints, wrapped into int64's range after every kernel (two's complement,
+``2**63 - 1 + 1 == -2**63``), so integer overflow gives NumPy's and PyTorch's results.
 
 This module must never import numpy (``to_numpy`` imports it only when asked to convert).
 """
@@ -204,10 +205,25 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT64_SPAN = 2**64
+
+
+def _int64(values: list[Any]) -> list[int]:
+    """Python ints wrapped into int64's range, two's complement (as NumPy and PyTorch wrap)."""
+    if float in set(map(type, values)):  # an integer-valued float operand: keep ints
+        values = list(map(int, values))
+    if values and (min(values) < _INT64_MIN or max(values) > _INT64_MAX):
+        return [(v - _INT64_MIN) % _INT64_SPAN + _INT64_MIN for v in values]
+    return values
+
+
 def _finish(nrows: int, ncols: int, values: list[Any], dtype: str) -> Matrix:
-    """Wrap kernel output, rounding to float32 when that is the dtype."""
+    """Wrap kernel output, rounding to float32 or wrapping to int64 when that is the dtype."""
     if dtype == "float32":
         values = array("f", values).tolist()
+    elif dtype == "int64":
+        values = _int64(values)
     return Matrix._wrap(nrows, ncols, values, dtype)
 
 
@@ -241,17 +257,28 @@ def _out_shape(a: Matrix | float, b: Matrix | float) -> tuple[int, int, str]:
 def dot_products(lefts: Sequence[list[float]], rights: Sequence[list[float]]) -> list[float]:
     """``[l . r for l in lefts for r in rights]``, row-major: the inner loop of matmul.
 
-    Each dot product is one C call. On Python 3.12+ that is ``math.sumprod``. Before it, the
-    fastest C helper is ``math.dist`` with the polarisation identity
-    ``a . b = (|a|^2 + |b|^2 - |a - b|^2) / 2``, whose rounding error is about
-    ``eps (|a|^2 + |b|^2) / 2``: relative to ``|a| |b|`` that is ``eps (t + 1/t) / 2`` for
-    ``t = |a| / |b|``, so below ``1e-10 |a| |b|`` while every ratio of nonzero norms stays within
-    ``_RATIO`` (600 times below float32's rounding, the only dtype that uses this; float64 takes
-    plain sums). Beyond it the vectors are first scaled to unit length,
-    ``a . b = |a| |b| (1 - |a_hat - b_hat|^2 / 2)``, which keeps the error near ``eps |a| |b|``.
-    A zero vector gives exact zeros. Vectors that are not finite, or so tiny that ``1/|a|``
-    overflows, take the plain ``sum(map(mul, ...))`` path so NaN and Inf propagate exactly as in
-    IEEE arithmetic. ``benchmarks/matmul_python.py`` measures the strategies side by side.
+        Each dot product is one C call. On Python 3.12+ that is ``math.sumprod``. Before it, the
+        fastest C helper is ``math.dist`` with the polarisation identity
+        ``a . b = (|a|^2 + |b|^2 - |a - b|^2) / 2``, whose rounding error is below
+        ``_POLAR_ERR (|a|^2 + |b|^2)`` (about ``eps (|a|^2 + |b|^2) / 2`` in practice): relative to
+        ``|a| |b|`` that is ``eps (t + 1/t) / 2`` for ``t = |a| / |b|``, so below ``1e-10 |a| |b|``
+        while every ratio of nonzero norms stays within ``_RATIO`` (600 times below float32's
+        rounding, the only dtype that uses this; float64 takes plain sums). Beyond it the vectors are
+        first scaled to unit length, ``a . b = |a| |b| (1 - |a_hat - b_hat|^2 / 2)``, which keeps the
+        error below ``_UNIT_ERR |a| |b|``.
+
+        Exact where exactness is observable: a result within ``2^26`` times its error bound of zero is
+        recomputed as ``sum(map(mul, a, b))`` (each product of two float32 values is exact in
+        float64), so a product that is exactly 0, or any result exactly representable in float32
+        (integer-valued inputs), comes out exactly, as NumPy's and PyTorch's do; every other result
+        is more than ``2^26`` error bounds from zero, so its error is below half a float32 ulp and it
+        rounds to float32 exactly as the exact value would when that is representable (results in
+    float32's subnormal range, whose ulp is absolute, are recomputed too). (Written
+        plainly, ``[[1, 1]] @ [[1], [-1]]`` left a residue of 1e-16, and relu or ``==`` downstream
+        then decided differently on the two backends.) A zero vector gives exact zeros. Vectors
+        that are not finite, or so tiny that ``1/|a|`` overflows, take the plain ``sum(map(mul, ...))``
+        path so NaN and Inf propagate exactly as in IEEE arithmetic.
+        ``benchmarks/matmul_python.py`` measures the strategies side by side.
     """
     if _SUMPROD is not None:
         sumprod = _SUMPROD
@@ -263,6 +290,8 @@ def dot_products(lefts: Sequence[list[float]], rights: Sequence[list[float]]) ->
     nonzero = [x for x in lnorms + rnorms if x != 0.0]
     if nonzero and all(1e-300 < x < _INF for x in nonzero) and max(nonzero) <= _RATIO * min(nonzero):
         rsq = [x * x for x in rnorms]
+        rsq_max = max(rsq)
+        near = _EXACT_MARGIN * _POLAR_ERR  # |result| below near * (|a|^2 + |b|^2): recompute exactly
         n = len(rights)
         out: list[float] = []
         extend = out.extend
@@ -271,17 +300,29 @@ def dot_products(lefts: Sequence[list[float]], rights: Sequence[list[float]]) ->
                 extend(repeat(0.0, n))
                 continue
             lsq = x * x
-            extend([0.5 * (lsq + y - d * d) for y, d in zip(rsq, map(dist, repeat(r), rights))])
-        zero_cols = [j for j, y in enumerate(rnorms) if y == 0.0]
-        if zero_cols:  # a zero vector's products are exactly 0, not a rounding residue
-            for base in range(0, len(out), n):
-                for j in zero_cols:
-                    out[base + j] = 0.0
+            row = [0.5 * (lsq + y - d * d) for y, d in zip(rsq, map(dist, repeat(r), rights))]
+            if min(map(abs, row)) <= max(near * (lsq + rsq_max), _TINY32):  # one C pass settles most rows
+                for j, (v, y) in enumerate(zip(row, rsq)):
+                    if abs(v) <= near * (lsq + y) or abs(v) < _TINY32:
+                        row[j] = sum(map(_mul, r, rights[j]))
+            extend(row)
         return out
     return _dot_products_unit(lefts, rights, lnorms, rnorms)
 
 
 _RATIO = 1e6
+# Error bounds of the two identities in float64 (unit roundoff u = 2^-53), with room to spare:
+# the polarisation result is within _POLAR_ERR (|a|^2 + |b|^2) of the exact dot product (the
+# squares, the sum and the difference each add a few u of |a|^2 + |b|^2, and |a - b|^2 <=
+# 2 (|a|^2 + |b|^2)), the unit-vector one within _UNIT_ERR |a| |b|.
+_POLAR_ERR = 2.0**-49  # 16 u
+_UNIT_ERR = 2.0**-47  # 64 u
+# A result more than 2^26 bounds from zero has an error below 2^-26 of itself, under half a
+# float32 ulp: it rounds to float32 as the exact value would. Closer to zero, recompute.
+_EXACT_MARGIN = 2.0**26
+# Below float32's smallest normal (2^-126, with margin) its ulp is absolute (2^-149), so a relative
+# error bound does not decide the rounding: results that small are recomputed too.
+_TINY32 = 2.0**-120
 
 
 def _plain_dot_products(lefts: Sequence[list[float]], rights: Sequence[list[float]]) -> list[float]:
@@ -302,12 +343,19 @@ def _dot_products_unit(
         return [sum(map(_mul, r, c)) for r in lefts for c in rights]
     units = [list(map(_mul, c, repeat(1.0 / x, k))) if x else c for c, x in zip(rights, rnorms)]
     halves = [0.5 * x for x in rnorms]
+    near = _EXACT_MARGIN * _UNIT_ERR  # |result| below near * |a| |b|: recompute exactly
+    rmax = max(rnorms)
     out: list[float] = []
     extend = out.extend
     for r, nr in zip(lefts, lnorms):
         if 1e-300 < nr < _INF:
             ru = list(map(_mul, r, repeat(1.0 / nr, k)))
-            extend([nr * (h * (2.0 - d * d)) for h, d in zip(halves, map(dist, repeat(ru), units))])
+            row = [nr * (h * (2.0 - d * d)) for h, d in zip(halves, map(dist, repeat(ru), units))]
+            if min(map(abs, row)) <= max(near * nr * rmax, _TINY32):
+                for j, (v, y) in enumerate(zip(row, rnorms)):
+                    if abs(v) <= near * nr * y or abs(v) < _TINY32:
+                        row[j] = sum(map(_mul, r, rights[j]))
+            extend(row)
         elif nr == 0.0:
             extend(repeat(0.0, len(rights)))
         else:
@@ -469,6 +517,8 @@ class PythonBackend(Backend):
 
     def axpy(self, a: Matrix, b: Matrix, alpha: float) -> None:
         ys = _expand(b, a.nrows, a.ncols)
+        if a.dtype == "int64":  # an integer alpha (checked upstream): exact integer arithmetic
+            alpha = int(alpha)
         values = list(map(operator.add, a.data, map(_mul, ys, repeat(alpha))))
         a.data[:] = _finish(a.nrows, a.ncols, values, a.dtype).data
 
@@ -500,6 +550,8 @@ class PythonBackend(Backend):
         return self._binary("div", a, b)
 
     def pow(self, a: Operand, b: Operand) -> Matrix:
+        if b == 0.5 and isinstance(a, Matrix):  # NumPy computes x ** 0.5 as sqrt(x): NaN at -inf, -0 at -0
+            return self.unary("sqrt", a)
         return self._binary("pow", a, b)
 
     def maximum(self, a: Operand, b: Operand) -> Matrix:
@@ -512,7 +564,7 @@ class PythonBackend(Backend):
         nrows, ncols, dtype = _out_shape(a, b)
         out_dtype = dtype if out_dtype is None else out_dtype
         flags = map(_COMPARE[op], _expand(a, nrows, ncols), _expand(b, nrows, ncols))
-        return Matrix._wrap(nrows, ncols, list(map(float, flags)), out_dtype)
+        return Matrix._wrap(nrows, ncols, list(map(int if out_dtype == "int64" else float, flags)), out_dtype)
 
     def where(self, cond: Matrix, a: Operand, b: Operand) -> Matrix:
         nrows, ncols = cond.nrows, cond.ncols
@@ -522,10 +574,15 @@ class PythonBackend(Backend):
         values = [x if c else y for c, x, y in zip(cond.data, xs, ys)]
         return _finish(nrows, ncols, values, dtype)
 
+    def keep(self, a: Matrix, mask: Matrix) -> Matrix:
+        zero = 0 if a.dtype == "int64" else 0.0
+        values = _expand(a, mask.nrows, mask.ncols)
+        return Matrix._wrap(mask.nrows, mask.ncols, [x if m else zero for x, m in zip(values, mask.data)], a.dtype)
+
     def unary(self, op: str, a: Matrix) -> Matrix:
         fast, safe = _UNARY[op]
-        if a.dtype == "int64":
-            return Matrix._wrap(a.nrows, a.ncols, list(map(fast, a.data)), "int64")
+        if a.dtype == "int64":  # neg and abs of -2**63 wrap back to -2**63, as in NumPy
+            return _finish(a.nrows, a.ncols, list(map(fast, a.data)), "int64")
         return _finish(a.nrows, a.ncols, _map_safe(fast, safe, a.data), a.dtype)
 
     def all_finite(self, a: Matrix) -> bool:

@@ -1,32 +1,38 @@
 """The IDX format (MNIST's): a 4-byte magic ``00 00 <type> <ndim>``, ``ndim`` big-endian uint32
 dimensions, then the elements, row-major and big-endian.
 
-``read_idx`` validates everything a damaged or hostile file can get wrong and never allocates
-more than the declared size plus one byte; ``write_idx`` writes atomically, optionally gzipped
+``read_idx`` validates everything a damaged or hostile file can get wrong, refuses a declared
+size that the file cannot hold or that would not fit in memory before inflating anything, and
+allocates the data once, at its declared size; ``write_idx`` writes atomically, optionally gzipped
 with reproducible bytes. Standard library only; ``IdxArray.numpy()`` imports NumPy lazily.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import math
 import os
-import stat
 import sys
 import zlib
 from array import array
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Protocol, Sequence, Union
+from typing import Any, Iterator, Protocol, Sequence, Union
 
-from matgrad._errors import ArgumentError, DataError
-from matgrad.data._fs import atomic_write
+from matgrad._errors import ArgumentError, ArgumentTypeError, DataError
+from matgrad._files import atomic_write, open_regular
+from matgrad._memory import check_memory
 
 __all__ = ["IDX_TYPES", "IdxArray", "read_idx", "write_idx"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_DEFLATE_RATIO = 1032
+"""Deflate's best case: a 258-byte match coded in 2 bits. No gzip file inflates to more than
+this many times its own size, so a header declaring more is refused before inflating."""
 _CHUNK = 1 << 20
 _I32 = "i" if array("i").itemsize == 4 else "l"
 
@@ -172,6 +178,29 @@ def _read_upto(stream: _Readable, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def _read_exactly(stream: _Readable, n: int) -> bytes:
+    """Up to ``n`` bytes, read in chunks into one buffer of ``n`` bytes allocated up front.
+
+    ``stream.read(n)`` on a GzipFile inflates everything into a temporary and copies it, and
+    joining chunks does the same: twice the data at the peak. A BytesIO first extended to its
+    final size fills in place, and CPython's ``getvalue()`` hands over that very buffer.
+    """
+    buffer = io.BytesIO()
+    if n:
+        buffer.seek(n - 1)
+        buffer.write(b"\0")  # one allocation of exactly n bytes
+        buffer.seek(0)
+    got = 0
+    while got < n:
+        chunk = stream.read(min(n - got, _CHUNK))
+        if not chunk:
+            buffer.truncate(got)
+            break
+        buffer.write(chunk)
+        got += len(chunk)
+    return buffer.getvalue()
+
+
 def _not_idx_hint(name: str, first: bytes) -> str:
     if first[:2] == GZIP_MAGIC:
         return ""
@@ -185,8 +214,8 @@ def _not_idx_hint(name: str, first: bytes) -> str:
     return "; " + "; ".join(hints) if hints else ""
 
 
-def _parse(stream: _Readable, name: str, raw_size: int | None, where: str) -> IdxArray:
-    """Parse an IDX stream. ``raw_size`` is the file's size when it is a regular, uncompressed file."""
+def _parse_header(stream: _Readable, name: str, where: str) -> tuple[_Type, tuple[int, ...]]:
+    """The type and shape an IDX stream's header declares; leaves ``stream`` at the data."""
     magic = _read_upto(stream, 4)
     if len(magic) == 0:
         raise DataError(
@@ -219,59 +248,136 @@ def _parse(stream: _Readable, name: str, raw_size: int | None, where: str) -> Id
     for i, d in enumerate(shape):
         if d == 0:
             raise DataError(f"{name}: dimension {i} of {ndim} is 0 (shape {_dims(shape)}); the file holds no data")
+    return t, shape
+
+
+def _check_file_size(name: str, t: _Type, shape: tuple[int, ...], file_size: int, gz: bool) -> tuple[int, str]:
+    """The declared data size and its description, once the file is known able to hold it: a raw
+    file must be exactly header + data long, and no gzip file inflates to more than
+    ``MAX_DEFLATE_RATIO`` times its own size."""
     expected = math.prod(shape) * t.itemsize
     declared = f"header declares {_dims(shape)} {t.name} = {expected} bytes of data"
-    header_size = 4 + 4 * ndim
-    if raw_size is not None:
-        # a regular file: compare sizes before reading anything large
-        have = raw_size - header_size
+    header_size = 4 + 4 * len(shape)
+    if not gz:
+        have = file_size - header_size
         if have < expected:
             raise DataError(f"{name}: truncated: {declared}, file has {have}")
         if have > expected:
             raise DataError(f"{name}: {have - expected} extra bytes: {declared}, file has {have}")
-    data = _read_upto(stream, expected + 1)
+    elif expected + header_size > MAX_DEFLATE_RATIO * file_size:
+        raise DataError(
+            f"{name}: truncated: {declared}, but a {file_size}-byte gzip file holds at most "
+            f"{MAX_DEFLATE_RATIO * file_size} (deflate expands at most {MAX_DEFLATE_RATIO}:1)"
+        )
+    return expected, declared
+
+
+def _parse(stream: _Readable, name: str, file_size: int, gz: bool, max_bytes: int | None) -> IdxArray:
+    """Parse an IDX stream, the file (raw or gzipped) being ``file_size`` bytes long.
+
+    Every size check comes before the one allocation of the data, which is exactly the declared
+    size: a raw file must be header + data bytes long; a gzip file cannot hold more than 1032
+    times its own size (deflate's limit); and the data must fit ``max_bytes``, else the memory
+    budget. Then one byte more is read, to catch trailing data.
+    """
+    where = "the decompressed data" if gz else "the file"
+    t, shape = _parse_header(stream, name, where)
+    expected, declared = _check_file_size(name, t, shape, file_size, gz)
+    if max_bytes is not None:
+        if expected > max_bytes:
+            raise DataError(
+                f"{name}: {declared}, over the max_bytes={max_bytes} this read allows "
+                "(a corrupted header, or pass a larger max_bytes)"
+            )
+    else:
+        check_memory(
+            expected,
+            f"{name}: the {declared}, which",
+            "if the file is genuine, free memory or read it on a machine with more (pass max_bytes= to set a cap)",
+            DataError,
+        )
+    data = _read_exactly(stream, expected)
     if len(data) < expected:
         raise DataError(f"{name}: truncated: {declared}, {where} has {len(data)}")
-    if len(data) > expected:
-        raise DataError(f"{name}: extra bytes: {declared}, but {where} continues past them")
+    if stream.read(1):
+        if gz:
+            raise DataError(f"{name}: extra bytes: {declared}, but {where} continues past them")
+        raise DataError(f"{name}: extra bytes: {declared}, but {where} grew past them while being read")
     return IdxArray(shape, t.name, data)
 
 
-def read_idx(path: PathLike) -> IdxArray:
+@contextlib.contextmanager
+def _gzip_errors(name: str) -> Iterator[None]:
+    """Turn the gzip module's errors into a DataError naming ``name``."""
+    try:
+        yield
+    except EOFError:
+        raise DataError(
+            f"{name}: truncated gzip stream: the compressed file ends before its end-of-stream marker"
+        ) from None
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{name}: corrupt gzip data: {exc}") from None
+
+
+def _check_path(op: str, path: Any) -> str:
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise ArgumentTypeError(f"{op}: path must be a str or os.PathLike, got {type(path).__name__}")
+    return os.fspath(path)
+
+
+def _check_max_bytes(max_bytes: Any) -> int | None:
+    if max_bytes is None:
+        return None
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+        raise ArgumentTypeError(f"read_idx: max_bytes must be an int or None, got {type(max_bytes).__name__}")
+    if max_bytes < 0:
+        raise ArgumentError(f"read_idx: max_bytes must be >= 0, got {max_bytes}")
+    return max_bytes
+
+
+def read_idx(path: PathLike, *, max_bytes: int | None = None) -> IdxArray:
     """Read an IDX file, raw or gzip-compressed (detected by its 1f 8b magic, not its name).
 
-    Raises ``DataError`` naming the file and the problem: a missing or unreadable file, a bad
-    magic number, an unknown type code, a truncated header, a zero dimension, truncated data,
-    extra trailing bytes, or a corrupt or truncated gzip stream.
+    Raises ``DataError`` naming the file and the problem: a missing file, a directory, FIFO or
+    device (refused before it is opened), a bad magic number, an unknown type code, a truncated
+    header, a zero dimension, truncated data, extra trailing bytes, a corrupt or truncated gzip
+    stream, or a declared size over ``max_bytes`` (default: the memory this process can still
+    get, see ``MATGRAD_MEMORY_LIMIT``). Every size is checked before the data is read, and the
+    data is allocated once, at its declared size.
     """
-    name = os.fspath(path)
-    try:
-        f = open(name, "rb")  # noqa: SIM115 (closed below, on every path)
-    except FileNotFoundError:
-        raise DataError(f"{name}: no such file") from None
-    except OSError as exc:
-        raise DataError(f"{name}: cannot open: {exc.strerror or exc}") from None
-    with f:
+    name = _check_path("read_idx", path)
+    cap = _check_max_bytes(max_bytes)
+    with open_regular(name, DataError) as f:
         try:
-            head = f.read(2)
+            size = os.fstat(f.fileno()).st_size
+            if f.read(2) == GZIP_MAGIC:
+                f.seek(0)
+                with _gzip_errors(name), gzip.GzipFile(fileobj=f, mode="rb") as gz:
+                    return _parse(gz, name, size, True, cap)
             f.seek(0)
-            if head == GZIP_MAGIC:
-                with gzip.GzipFile(fileobj=f, mode="rb") as gz:
-                    try:
-                        return _parse(gz, name, None, "the decompressed data")
-                    except EOFError:
-                        raise DataError(
-                            f"{name}: truncated gzip stream: the compressed file ends before its end-of-stream marker"
-                        ) from None
-                    except (gzip.BadGzipFile, zlib.error) as exc:
-                        raise DataError(f"{name}: corrupt gzip data: {exc}") from None
-            st = os.fstat(f.fileno())
-            size = st.st_size if stat.S_ISREG(st.st_mode) else None
-            return _parse(f, name, size, "the file")
-        except DataError:
-            raise
+            return _parse(f, name, size, False, cap)
         except OSError as exc:
-            raise DataError(f"{name}: read error: {exc}") from None
+            raise DataError(f"{name}: read error: {exc.strerror or exc}") from None
+
+
+def read_idx_header(path: PathLike) -> tuple[str, tuple[int, ...]]:
+    """``(dtype, shape)`` from an IDX file's header alone, checked as ``read_idx`` checks it
+    (the header, and whether the file's size can hold the data it declares)."""
+    name = _check_path("read_idx_header", path)
+    with open_regular(name, DataError) as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            gz = f.read(2) == GZIP_MAGIC
+            f.seek(0)
+            if gz:
+                with _gzip_errors(name), gzip.GzipFile(fileobj=f, mode="rb") as stream:
+                    t, shape = _parse_header(stream, name, "the decompressed data")
+            else:
+                t, shape = _parse_header(f, name, "the file")
+        except OSError as exc:
+            raise DataError(f"{name}: read error: {exc.strerror or exc}") from None
+    _check_file_size(name, t, shape, size, gz)
+    return t.name, shape
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -346,9 +452,9 @@ def write_idx(path: PathLike, array_like: Any, *, dtype: str | None = None, comp
     name, so equal arrays give equal bytes.
     """
     arr = _as_idx(array_like, dtype)
-    name = os.fspath(path)
+    name = _check_path("write_idx", path)
     gz = name.endswith(".gz") if compress is None else compress
-    with atomic_write(name) as f:
+    with atomic_write(name, "write_idx") as f:
         if gz:
             with gzip.GzipFile(filename="", mode="wb", fileobj=f, compresslevel=9, mtime=0) as out:
                 out.write(arr.header())

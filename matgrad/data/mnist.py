@@ -19,11 +19,12 @@ from collections.abc import Iterable, Mapping, Set
 from typing import Any, NamedTuple, Sequence, Union
 
 from matgrad import backends as _backends
-from matgrad._errors import ArgumentError, DataError, DTypeError
+from matgrad._errors import ArgumentError, ArgumentTypeError, DataError, DTypeError
+from matgrad._files import new_temp, remove_quietly, remove_stale_temps, why_not_regular
+from matgrad._memory import check_memory, element_bytes
 from matgrad.backends.base import FLOAT_DTYPES, Backend
-from matgrad.data._fs import new_temp, remove_quietly, remove_stale_temps
-from matgrad.data.idx import GZIP_MAGIC, IdxArray, read_idx
-from matgrad.tensor import Tensor2D, _wrap, dtype_name
+from matgrad.data.idx import GZIP_MAGIC, IdxArray, read_idx, read_idx_header
+from matgrad.tensor import Tensor2D, dtype_name
 
 __all__ = ["FILES", "MIRRORS", "MNIST", "SAMPLE_DIR", "default_root", "download_mnist", "load_mnist"]
 
@@ -54,7 +55,14 @@ SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist_sam
 """The 5,000 + 1,000 image sample shipped with matgrad (see its README.md)."""
 
 STALE_AFTER = 600.0
-"""Seconds after which a temporary file left by a killed download is deleted."""
+"""Seconds after which any temporary file left by a download is deleted (one whose process has
+died is deleted at once)."""
+
+MIN_RATE = 16 * 1024
+"""Bytes per second a download must keep up on average, after a grace of twice ``timeout`` for
+connecting and the first bytes: a file of N bytes may take ``2 * timeout + N / MIN_RATE`` seconds
+in all (about 11 minutes for the 9.9 MB training images at the default ``timeout``), then it is
+abandoned and the next mirror tried. Lower it for a very slow link."""
 
 _CHUNK = 1 << 16
 _DIGITS = bytes(range(10))
@@ -75,7 +83,7 @@ def default_root() -> str:
     env = os.environ.get("MATGRAD_DATA", "").strip()
     if env:
         env = os.path.expanduser(env)
-        if any(_find(env, name) for name in NAMES):
+        if any(os.path.isfile(p) for name in NAMES for p in _candidates(env, name)):
             return env
         return os.path.join(env, "mnist")
     cache = os.environ.get("XDG_CACHE_HOME", "").strip()
@@ -88,8 +96,29 @@ def _candidates(root: str, name: str) -> list[str]:
     return [os.path.join(root, name), os.path.join(root, name + ".gz")]
 
 
+def _present(root: str, name: str) -> list[str]:
+    """Which of ``name`` and ``name.gz`` are in ``root``; a directory, FIFO or device there is an
+    error naming it (it is never opened, and never reported as missing)."""
+    out = []
+    for path in _candidates(root, name):
+        why = why_not_regular(path)
+        if why is None:
+            out.append(path)
+        elif os.path.lexists(path):
+            raise DataError(f"{path}: {why}; MNIST files must be regular files (move it away)")
+    return out
+
+
 def _find(root: str, name: str) -> str | None:
-    return next((p for p in _candidates(root, name) if os.path.isfile(p)), None)
+    return next(iter(_present(root, name)), None)
+
+
+def _check_root(directory: str) -> None:
+    """A ``root`` that exists but is not a folder: say so, rather than "MNIST not found"."""
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        why = why_not_regular(directory)
+        kind = "a file" if why is None else why.removeprefix("is ").split(", not")[0]
+        raise DataError(f"{directory}: is {kind}, not a folder; pass the folder that holds the four MNIST files")
 
 
 def _check_mirrors(fn: str, mirrors: Sequence[str] | None) -> list[str]:
@@ -98,13 +127,15 @@ def _check_mirrors(fn: str, mirrors: Sequence[str] | None) -> list[str]:
     if isinstance(mirrors, (str, bytes)):
         raise ArgumentError(f"{fn}: mirrors must be a list of URLs, not one string; write mirrors=[{mirrors!r}]")
     if isinstance(mirrors, (Set, Mapping)) or not isinstance(mirrors, Iterable):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{fn}: mirrors must be a list of http(s):// URL strings (tried in order), got {type(mirrors).__name__}"
         )
     out = []
     for m in mirrors:
         if not isinstance(m, str):
-            raise TypeError(f"{fn}: each mirror must be an http(s):// URL string, got {type(m).__name__} {m!r:.60}")
+            raise ArgumentTypeError(
+                f"{fn}: each mirror must be an http(s):// URL string, got {type(m).__name__} {m!r:.60}"
+            )
         if not m.startswith(("https://", "http://")):
             raise ArgumentError(f"{fn}: each mirror must be an http(s):// URL string, got {m!r}")
         out.append(m if m.endswith("/") else m + "/")
@@ -119,7 +150,7 @@ def _directory(fn: str, root: Any) -> str:
         return default_root()
     if isinstance(root, str) or (isinstance(root, os.PathLike) and isinstance(os.fspath(root), str)):
         return os.fspath(root)
-    raise TypeError(f"{fn}: root must be a directory path (a str or pathlib.Path), got {type(root).__name__}")
+    raise ArgumentTypeError(f"{fn}: root must be a directory path (a str or pathlib.Path), got {type(root).__name__}")
 
 
 # -- verification ------------------------------------------------------------------------------
@@ -141,6 +172,10 @@ def _problem(arr: IdxArray, name: str) -> str | None:
 
 class _MirrorFailure(Exception):
     """One mirror failed for one file; the next mirror is tried."""
+
+
+class _WriteFailure(Exception):
+    """Writing the downloaded bytes failed (a full disk, say): no mirror is tried after it."""
 
 
 def _verify_download(path: str, name: str) -> bool:
@@ -189,27 +224,41 @@ def _progress_bar(total: int | None, desc: str, enabled: bool) -> Any:
 
 
 def _fetch(url: str, out: Any, timeout: float, limit: int, progress: bool) -> None:
-    """Stream ``url`` into ``out``; a short body or one over ``limit`` bytes is a failure."""
-    import urllib.request  # here, not at the top: it costs ``import matgrad.data`` ~15 ms
+    """Stream ``url`` into ``out``; a short body, one over ``limit`` bytes or a slow one is a failure."""
+    from matgrad.data._http import Transfer, open_bounded  # urllib costs ``import matgrad.data`` ~15 ms
 
-    request = urllib.request.Request(url, headers={"User-Agent": "matgrad (python urllib)"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        header = response.headers.get("Content-Length")
-        length = int(header) if header is not None and header.strip().isdigit() else None
-        if length is not None and length > limit:
-            raise _MirrorFailure(f"Content-Length {length} exceeds the {limit} bytes this file can take")
-        got = 0
-        with _progress_bar(length, url.rsplit("/", 1)[-1], progress) as bar:
-            while True:
-                # http.client returns b"" (not an error) when the server closes early: count bytes
-                chunk = response.read(_CHUNK)
-                if not chunk:
-                    break
-                got += len(chunk)
-                if got > limit:
-                    raise _MirrorFailure(f"the body exceeds the {limit} bytes this file can take")
-                out.write(chunk)
-                bar.update(len(chunk))
+    transfer = Transfer(grace=2 * timeout, min_rate=MIN_RATE)
+    length, got = None, 0
+    try:
+        with open_bounded(url, timeout, transfer) as response:
+            header = response.headers.get("Content-Length")
+            length = int(header) if header is not None and header.strip().isdigit() else None
+            if length is not None and length > limit:
+                raise _MirrorFailure(f"Content-Length {length} exceeds the {limit} bytes this file can take")
+            with _progress_bar(length, url.rsplit("/", 1)[-1], progress) as bar:
+                while True:
+                    # read1: one recv at most, so the watchdog sees every byte as it comes (read(n)
+                    # waits for all n bytes); b"" (not an error) when the server closes early
+                    chunk = response.read1(_CHUNK)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                    transfer.received = got
+                    if got > limit:
+                        raise _MirrorFailure(f"the body exceeds the {limit} bytes this file can take")
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:  # the disk, not the mirror: no other mirror can help
+                        raise _WriteFailure(exc.strerror or str(exc)) from None
+                    bar.update(len(chunk))
+    except (_MirrorFailure, _WriteFailure):
+        raise
+    except Exception:
+        if transfer.failure is not None:  # the watchdog cut the connection: that is the cause
+            raise _MirrorFailure(transfer.failure) from None
+        raise
+    if transfer.failure is not None and (length is None or got != length):
+        raise _MirrorFailure(transfer.failure)
     if length is not None and got != length:
         raise _MirrorFailure(f"connection closed after {got} of {length} bytes")
 
@@ -249,13 +298,20 @@ def _download(root: str, name: str, mirrors: list[str], timeout: float, progress
                 with f:
                     _fetch(url, f, timeout, limit, progress)
                 gz = _verify_download(tmp, name)
+            except _WriteFailure as exc:
+                raise DataError(
+                    f"cannot write {name}.gz into {root}: {exc}; free some space or pass root= another directory"
+                ) from None
             except _MirrorFailure as exc:
                 failures.append(f"  {url}: {exc}")
             except (OSError, http.client.HTTPException) as exc:
                 failures.append(f"  {url}: {_describe(exc, timeout)}")
             else:
                 final = os.path.join(root, name + ".gz" if gz else name)
-                os.replace(tmp, final)
+                try:
+                    os.replace(tmp, final)
+                except OSError as exc:
+                    raise DataError(f"cannot write {final}: {exc.strerror or exc}") from None
                 return final
             if progress and i + 1 < len(mirrors):
                 print(f"matgrad: {failures[-1].strip()}; trying the next mirror", file=sys.stderr)
@@ -271,11 +327,9 @@ def _download(root: str, name: str, mirrors: list[str], timeout: float, progress
 
 def _ensure(root: str, name: str, mirrors: list[str], timeout: float, progress: bool) -> tuple[str, IdxArray]:
     """A verified copy of ``name`` in ``root``: the file present if valid, else a fresh download."""
-    remove_stale_temps(root, name, STALE_AFTER)
+    remove_stale_temps(root, name + ".gz", STALE_AFTER)
     invalid: list[str] = []
-    for path in _candidates(root, name):
-        if not os.path.isfile(path):
-            continue
+    for path in _present(root, name):
         try:
             arr = read_idx(path)
         except DataError as exc:
@@ -306,10 +360,13 @@ def download_mnist(
 
     Files already present and matching their SHA-256 are kept; others are fetched over HTTPS
     from ``mirrors`` (default ``MIRRORS``), each tried in order, and replace invalid copies.
-    ``timeout`` bounds each network wait; ``progress`` shows tqdm bars on stderr (default: when
-    stderr is a terminal). Raises ``DataError`` listing every mirror's failure.
+    ``timeout`` bounds each network wait, and the whole transfer of a file is bounded too: after
+    a grace of ``2 * timeout`` it must average ``MIN_RATE`` bytes/s, else that mirror is given up
+    (a server dripping bytes cannot hold it for longer). ``progress`` shows tqdm bars on stderr
+    (default: when stderr is a terminal). Raises ``DataError`` listing every mirror's failure.
     """
     directory = _directory("download_mnist", root)
+    _check_root(directory)
     mirror_list = _check_mirrors("download_mnist", mirrors)
     _check_timeout("download_mnist", timeout)
     show = sys.stderr.isatty() if progress is None else bool(progress)
@@ -318,7 +375,7 @@ def download_mnist(
 
 def _check_timeout(fn: str, timeout: float) -> None:
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{fn}: timeout must be a positive number of seconds, got {type(timeout).__name__} {timeout!r:.40}"
         )
     if not 0 < timeout < math.inf:
@@ -347,7 +404,7 @@ def _images(arr: IdxArray, path: str, be: Backend, dtype: str) -> Tensor2D:
             f"found {arr.dtype} of shape {'x'.join(map(str, arr.shape))}"
         )
     n, h, w = arr.shape
-    return _wrap(be.from_uint8(arr.data, n, h * w, 255.0, dtype), be)
+    return Tensor2D.from_native(be.from_uint8(arr.data, n, h * w, 255.0, dtype), be)
 
 
 def _labels(arr: IdxArray, path: str, be: Backend) -> Tensor2D:
@@ -360,7 +417,27 @@ def _labels(arr: IdxArray, path: str, be: Backend) -> Tensor2D:
     if bad:
         i = arr.data.index(bad[:1])
         raise DataError(f"{path}: label {i} is {bad[0]}; MNIST labels are the digits 0 to 9")
-    return _wrap(be.from_uint8(arr.data, arr.shape[0], 1, 1, "int64"), be)
+    return Tensor2D.from_native(be.from_uint8(arr.data, arr.shape[0], 1, 1, "int64"), be)
+
+
+def _check_fits(headers: dict[str, tuple[str, str, tuple[int, ...]]], be: Backend, dtype: str, raw: bool) -> None:
+    """Refuse, before building any tensor, MNIST files whose tensors (plus, when ``raw``, the
+    file data still to be read) would not fit in memory."""
+    need = 0
+    for _path, idx_dtype, shape in headers.values():
+        elements = math.prod(shape)
+        if raw:
+            need += elements * (1 if idx_dtype == "uint8" else 8)
+        # images become (n, rows*cols) floats, labels (n, 1) int64: one element per byte of data
+        need += elements * element_bytes(be.name, dtype if len(shape) > 1 else "int64", shared=True)
+    images = headers[TRAIN_IMAGES][2][0] + headers[TEST_IMAGES][2][0]
+    check_memory(
+        need,
+        f"MNIST in {os.path.dirname(headers[TRAIN_IMAGES][0])} ({images:,} images as {dtype} on the {be.name} backend)",
+        "if the files are genuine, free memory or use dtype=float32; if not, replace them (a corrupted header "
+        "declares the wrong count)",
+        DataError,
+    )
 
 
 def load_mnist(
@@ -394,6 +471,7 @@ def load_mnist(
         directory = SAMPLE_DIR
     else:
         directory = _directory("load_mnist", root)
+        _check_root(directory)
     files: dict[str, tuple[str, IdxArray]] = {}
     if download and not sample:
         mirror_list = _check_mirrors("load_mnist", mirrors)
@@ -401,12 +479,16 @@ def load_mnist(
         show = sys.stderr.isatty() if progress is None else bool(progress)
         for name in NAMES:
             files[name] = _ensure(directory, name, mirror_list, timeout, show)
+        _check_fits({name: (path, arr.dtype, arr.shape) for name, (path, arr) in files.items()}, be, dt, False)
     else:
         found = {name: _find(directory, name) for name in NAMES}
         missing = [name for name, path in found.items() if path is None]
         if missing:
             raise DataError(_missing_message(directory, missing, root is None and not sample))
-        files = {name: (path, read_idx(path)) for name, path in found.items() if path is not None}
+        paths = {name: path for name, path in found.items() if path is not None}
+        # the headers alone first: refuse what cannot fit before reading any data
+        _check_fits({name: (path, *read_idx_header(path)) for name, path in paths.items()}, be, dt, True)
+        files = {name: (path, read_idx(path)) for name, path in paths.items()}
 
     tensors = []
     for images, labels in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):

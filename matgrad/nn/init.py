@@ -14,7 +14,7 @@ from typing import Any
 from matgrad import autograd as _autograd
 from matgrad._errors import ArgumentError, ArgumentTypeError, DTypeError
 from matgrad.backends.base import FLOAT_DTYPES
-from matgrad.tensor import Tensor2D, _wrap
+from matgrad.tensor import Tensor2D
 
 __all__ = [
     "calculate_gain",
@@ -90,11 +90,11 @@ def _fill_random(name: str, tensor: Any, kind: str, a: float, b: float) -> Tenso
     t = _target(name, tensor)
     if t.dtype not in FLOAT_DTYPES:
         raise DTypeError(f"{name}: random values need a floating tensor, got {t.dtype}")
-    be = t._backend
+    be = t.kernels
     m, n = t.shape
     sample = be.uniform(m, n, a, b, t.dtype) if kind == "uniform" else be.normal(m, n, a, b, t.dtype)
     with _autograd.no_grad():
-        t.copy_(_wrap(sample, be))
+        t.copy_(Tensor2D.from_native(sample, be))
     return t
 
 

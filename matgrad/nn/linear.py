@@ -11,7 +11,7 @@ from matgrad._errors import DTypeError
 from matgrad.backends.base import FLOAT_DTYPES
 from matgrad.nn import init
 from matgrad.nn.module import Module, Parameter, _positive_int
-from matgrad.tensor import Tensor2D, _wrap, check_size, dtype_name
+from matgrad.tensor import Tensor2D, check_size, dtype_name
 
 __all__ = ["Identity", "Linear"]
 
@@ -36,9 +36,9 @@ class Linear(Module):
         check_size("Linear", self.out_features, self.in_features)
         dt = _float_dtype("Linear", dtype)
         be = _backends.get(backend)
-        self.weight = Parameter(_wrap(be.full(self.out_features, self.in_features, 0.0, dt), be))
+        self.weight = Parameter(Tensor2D.from_native(be.full(self.out_features, self.in_features, 0.0, dt), be))
         if bias:
-            self.bias = Parameter(_wrap(be.full(1, self.out_features, 0.0, dt), be))
+            self.bias = Parameter(Tensor2D.from_native(be.full(1, self.out_features, 0.0, dt), be))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()

@@ -17,7 +17,7 @@ from matgrad._errors import ArgumentError, ArgumentTypeError, CheckpointError, D
 from matgrad.autograd.grad_mode import no_grad
 from matgrad.autograd.graph import RemovableHandle
 from matgrad.backends.base import FLOAT_DTYPES
-from matgrad.tensor import Tensor2D, _wrap, dtype_name
+from matgrad.tensor import Tensor2D, dtype_name
 
 __all__ = [
     "IncompatibleKeys",
@@ -58,10 +58,10 @@ class Parameter(Tensor2D):
         return "Parameter containing:\n" + super().__repr__()
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        # copy.deepcopy and pickle: the values, dtype and backend name (a backend object holds
-        # a module and cannot be pickled); .grad is dropped, as PyTorch's Parameter does.
-        data = self.numpy() if self.backend == "numpy" else self.tolist()
-        return (_rebuild_parameter, (data, self.dtype, self.backend, self.requires_grad))
+        # copy.deepcopy and pickle: the values, dtype and backend spec ("torch:cuda:0": a backend
+        # object holds a module and cannot be pickled); .grad is dropped, as PyTorch's Parameter does.
+        data = self.tolist() if self.backend == "python" else self.numpy()
+        return (_rebuild_parameter, (data, self.dtype, self.kernels.spec, self.requires_grad))
 
 
 def _rebuild_parameter(data: Any, dtype: str, backend: str, requires_grad: bool) -> Parameter:
@@ -196,10 +196,13 @@ class Module:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         own = self.__dict__.get("_hooks")
-        if not (_global_pre_hooks or _global_hooks or own):
-            return self.forward(*args, **kwargs)
-        pre = [*_global_pre_hooks, *(own[0] if own else ())]
-        post = [*_global_hooks, *(own[1] if own else ())]
+        if own is None:
+            if not (_global_pre_hooks or _global_hooks):
+                return self.forward(*args, **kwargs)
+            pre: list[PreHook] = _global_pre_hooks  # the common case: no list is built
+            post: list[Hook] = _global_hooks
+        else:
+            pre, post = [*_global_pre_hooks, *own[0]], [*_global_hooks, *own[1]]
         for hook in pre:
             new = hook(self, args)
             if new is not None:
@@ -207,12 +210,12 @@ class Module:
         try:
             output = self.forward(*args, **kwargs)
         except BaseException:
-            for hook in post:
-                if id(hook) in _always_called:
-                    hook(self, args, None)
+            for after in post:
+                if id(after) in _always_called:
+                    after(self, args, None)
             raise
-        for hook in post:
-            new = hook(self, args, output)
+        for after in post:
+            new = after(self, args, output)
             if new is not None:
                 output = new
         return output
@@ -398,7 +401,11 @@ class Module:
         for p in self.parameters():
             if p.grad is not None:
                 # a fresh tensor, never zeroed in place: a .grad may share storage with another's
-                p.grad = None if set_to_none else _wrap(p._backend.full(p.nrows, p.ncols, 0.0, p.dtype), p._backend)
+                p.grad = (
+                    None
+                    if set_to_none
+                    else Tensor2D.from_native(p.kernels.full(p.nrows, p.ncols, 0.0, p.dtype), p.kernels)
+                )
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self, *, prefix: str = "", keep_vars: bool = False) -> OrderedDict[str, Tensor2D]:
@@ -487,16 +494,16 @@ class Module:
     def _converted(value: Any, param: Tensor2D) -> Tensor2D:
         """``value`` (a Tensor2D or an array from ``_entry``) with the parameter's shape, dtype and backend."""
         if isinstance(value, Tensor2D):
-            if value._backend is param._backend and value.dtype == param.dtype:
+            if value.kernels is param.kernels and value.dtype == param.dtype:
                 return value
-            return Tensor2D(value, dtype=param.dtype, backend=param._backend)
+            return Tensor2D(value, dtype=param.dtype, backend=param.kernels)
         if len(value.shape) != 2:  # a 1-D bias is a row; a conv weight (out, in, kh, kw) is (out, in*kh*kw)
             value = value.reshape(param.nrows, param.ncols)
-        return Tensor2D(value, dtype=param.dtype, backend=param._backend)
+        return Tensor2D(value, dtype=param.dtype, backend=param.kernels)
 
     # -- conversion -----------------------------------------------------------------------------
-    def to(self: M, dtype: Any = None, backend: str | None = None) -> M:
-        """Convert every parameter (and its ``.grad``) in place to ``dtype`` / ``backend``; returns self.
+    def to(self: M, dtype: Any = None, backend: str | None = None, device: str | None = None) -> M:
+        """Convert every parameter (and its ``.grad``) in place to ``dtype`` / ``backend`` / ``device``; returns self.
 
         The parameters stay the same objects, so an optimiser built before still holds them
         (its state, if any, keeps the old dtype: build optimisers after ``to``).
@@ -504,15 +511,14 @@ class Module:
         dt = None if dtype is None else dtype_name(dtype)
         if dt is not None and dt not in FLOAT_DTYPES:
             raise DTypeError(f"{self._get_name()}.to: parameters must be floating, not {dt}")
-        be = None if backend is None else _backends.get(backend)
+        be = None if backend is None else _backends.get(backend, device)
         for p in self.parameters():
-            new_be = be or p._backend
+            new_be = be or (p.kernels if device is None else _backends.get(p.kernels, device))
             new_dt = dt or p.dtype
-            if new_be is p._backend and new_dt == p.dtype:
+            if new_be is p.kernels and new_dt == p.dtype:
                 continue
-            p._data = Tensor2D(p.detach(), dtype=new_dt, backend=new_be)._data
-            p._backend = new_be
-            p._mark_changed(f"{self._get_name()}.to()")
+            with no_grad():
+                p.set_(Tensor2D(p.detach(), dtype=new_dt, backend=new_be))
             if p.grad is not None:
                 p.grad = Tensor2D(p.grad.detach(), dtype=new_dt, backend=new_be)
         return self

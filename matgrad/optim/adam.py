@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from matgrad._errors import ArgumentError, ArgumentTypeError
 from matgrad.optim.optimizer import Grads, Optimizer, ParamsT, check_nonnegative
-from matgrad.tensor import _wrap
+from matgrad.tensor import Tensor2D
 
 __all__ = ["Adam", "AdamW"]
 
@@ -83,14 +83,14 @@ class Adam(Optimizer):
         maximize = group["maximize"]
         decoupled = group["decoupled_weight_decay"]
         for p, g in grads:
-            be, data = p._backend, p._data
+            be, data = p.kernels, p.native
             state = self._state(p)
             if not state:
                 state["step"] = 0
-                state["exp_avg"] = _wrap(be.full(p.nrows, p.ncols, 0.0, p.dtype), be)
-                state["exp_avg_sq"] = _wrap(be.full(p.nrows, p.ncols, 0.0, p.dtype), be)
+                state["exp_avg"] = Tensor2D.from_native(be.full(p.nrows, p.ncols, 0.0, p.dtype), be)
+                state["exp_avg_sq"] = Tensor2D.from_native(be.full(p.nrows, p.ncols, 0.0, p.dtype), be)
             if amsgrad and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = _wrap(be.full(p.nrows, p.ncols, 0.0, p.dtype), be)
+                state["max_exp_avg_sq"] = Tensor2D.from_native(be.full(p.nrows, p.ncols, 0.0, p.dtype), be)
             state["step"] += 1
             step = state["step"]
             if maximize:
@@ -100,15 +100,15 @@ class Adam(Optimizer):
                     be.assign(data, be.mul(data, 1.0 - lr * weight_decay))
                 else:
                     g = be.add(g, be.mul(data, weight_decay))
-            m = state["exp_avg"]._data
-            v = state["exp_avg_sq"]._data
+            m = state["exp_avg"].native
+            v = state["exp_avg_sq"].native
             be.axpy(m, be.sub(g, m), 1.0 - beta1)  # m.lerp_(g, 1 - b1), as PyTorch
             be.assign(v, be.mul(v, beta2))
             be.axpy(v, be.mul(g, g), 1.0 - beta2)
             step_size = lr / (1.0 - beta1**step)
             bias_correction2_sqrt = (1.0 - beta2**step) ** 0.5
             if amsgrad:
-                v_max = state["max_exp_avg_sq"]._data
+                v_max = state["max_exp_avg_sq"].native
                 be.assign(v_max, be.maximum(v_max, v))
                 v = v_max
             denom = be.add(be.div(be.unary("sqrt", v), bias_correction2_sqrt), eps)

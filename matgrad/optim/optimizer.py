@@ -24,7 +24,7 @@ from matgrad._errors import (
     ShapeError,
 )
 from matgrad.backends.base import FLOAT_DTYPES, Data
-from matgrad.tensor import Tensor2D, _wrap
+from matgrad.tensor import Tensor2D
 
 __all__ = ["Optimizer", "ParamsT"]
 
@@ -143,8 +143,8 @@ class Optimizer:
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    be = p._backend
-                    p.grad = None if set_to_none else _wrap(be.full(p.nrows, p.ncols, 0.0, p.dtype), be)
+                    be = p.kernels
+                    p.grad = None if set_to_none else Tensor2D.from_native(be.full(p.nrows, p.ncols, 0.0, p.dtype), be)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Update every parameter that has a ``.grad``, in place; returns ``closure()`` if given.
@@ -173,8 +173,9 @@ class Optimizer:
             for group, grads in zip(self.param_groups, checked):
                 if grads:
                     self._step_group(group, grads)
+                    how = f"{type(self).__name__}.step()"
                     for p, _ in grads:  # a graph that saved p before this step can no longer use it
-                        p._mark_changed(f"{type(self).__name__}.step()")
+                        p._mark_changed(how)
         return loss
 
     def _grad(self, p: Tensor2D) -> Data | None:
@@ -182,16 +183,16 @@ class Optimizer:
         g = p.grad
         if g is None:
             return None
-        gd = g._data
-        if gd.shape != p._data.shape or g._backend is not p._backend or gd.dtype != p._data.dtype:
+        gd, pd = g.native, p.native
+        if gd.shape != pd.shape or g.kernels is not p.kernels or gd.dtype != pd.dtype:
             what = f"{_fmt(g.shape)} {g.dtype} on {g.backend}"
             message = (
                 f"{type(self).__name__}.step: a {_fmt(p.shape)} {p.dtype} parameter on {p.backend} has a .grad "
                 f"of {what}; gradients must match their parameter (nothing was updated)"
             )
-            if gd.shape != p._data.shape:
+            if gd.shape != pd.shape:
                 raise ShapeError(message)
-            if g._backend is not p._backend:
+            if g.kernels is not p.kernels:
                 raise BackendError(message)
             raise DTypeError(message)
         return gd
@@ -308,7 +309,7 @@ class Optimizer:
         if kind_code is not None and kind_code not in "iuf":
             raise CheckpointError(f"{owner}: state {where} is an array of {value.dtype} values; expected numbers")
         try:
-            return Tensor2D(value, dtype=param.dtype, backend=param._backend)
+            return Tensor2D(value, dtype=param.dtype, backend=param.kernels)
         except (MatgradError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{owner}: state {where} cannot be converted: {exc}") from None
 
@@ -322,7 +323,7 @@ class Optimizer:
 
 def _copy_value(value: Any) -> Any:
     if isinstance(value, Tensor2D):
-        return _wrap(value._backend.copy(value._data), value._backend)
+        return Tensor2D.from_native(value.kernels.copy(value.native), value.kernels)
     return copy.deepcopy(value)
 
 

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from matgrad._errors import ArgumentError
 from matgrad.optim.optimizer import Grads, Optimizer, ParamsT, check_finite, check_nonnegative
-from matgrad.tensor import _wrap
+from matgrad.tensor import Tensor2D
 
 __all__ = ["SGD"]
 
@@ -58,7 +58,7 @@ class SGD(Optimizer):
         nesterov = group["nesterov"]
         maximize = group["maximize"]
         for p, g in grads:
-            be, data = p._backend, p._data
+            be, data = p.kernels, p.native
             if maximize:
                 g = be.unary("neg", g)
             if weight_decay != 0:
@@ -67,10 +67,10 @@ class SGD(Optimizer):
                 state = self._state(p)
                 buf = state.get("momentum_buffer")
                 if buf is None:
-                    buf = state["momentum_buffer"] = _wrap(be.copy(g), be)
+                    buf = state["momentum_buffer"] = Tensor2D.from_native(be.copy(g), be)
                 else:
-                    b = buf._data
+                    b = buf.native
                     be.assign(b, be.mul(b, momentum))
                     be.axpy(b, g, 1.0 - dampening)
-                g = be.add(g, be.mul(buf._data, momentum)) if nesterov else buf._data
+                g = be.add(g, be.mul(buf.native, momentum)) if nesterov else buf.native
             be.axpy(data, g, -lr)

@@ -19,7 +19,6 @@ import math
 import numbers
 import os
 import sys
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 import graphviz
 
 from matgrad._errors import ArgumentError, ArgumentTypeError, GraphError, MatgradError
+from matgrad._files import atomic_write
 from matgrad.autograd import engine as _engine
 from matgrad.autograd.grad_mode import enable_grad
 from matgrad.creation import ones_like
@@ -356,7 +356,7 @@ def _leaf_image(t: Tensor2D, consumer: Tensor2D | None) -> str | None:
 
 def _stats(t: Tensor2D) -> tuple[float, float, float]:
     """``(min, mean, max)`` of the values, from backend kernels (no graph recorded)."""
-    be, d = t._backend, t._data
+    be, d = t.kernels, t.native
     lo = be.tolist(be.min(d, None))[0][0]
     hi = be.tolist(be.max(d, None))[0][0]
     total = be.tolist(be.sum(d, None))[0][0]
@@ -365,7 +365,7 @@ def _stats(t: Tensor2D) -> tuple[float, float, float]:
 
 def _norm(g: Tensor2D) -> float:
     """The Frobenius norm, scaled by the largest magnitude first so float32 does not overflow."""
-    be, d = g._backend, g._data
+    be, d = g.kernels, g.native
     big = float(be.tolist(be.max(be.unary("abs", d), None))[0][0])
     if big == 0.0 or not math.isfinite(big):
         return big
@@ -374,7 +374,7 @@ def _norm(g: Tensor2D) -> float:
 
 
 def _finite(t: Tensor2D) -> bool:
-    return bool(t._backend.all_finite(t._data))
+    return bool(t.kernels.all_finite(t.native))
 
 
 def _details(t: Tensor2D, show_values: bool, show_grad: bool, grad_expected: bool) -> tuple[list[str], bool]:
@@ -760,21 +760,10 @@ def draw_graph(
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"render_graph: the folder {folder} does not exist")
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place (see
+    ``matgrad._files.atomic_write``: the mode is kept, errors name ``path``)."""
+    with atomic_write(os.fspath(path), "render_graph") as f:
+        f.write(data)
 
 
 def render_graph(root: Roots | graphviz.Digraph, path: str | os.PathLike[str], **draw_kwargs: Any) -> Path:
