@@ -138,10 +138,11 @@ class Fold(Op):
 
 
 class BlockTranspose(Op):
-    """``C``: the elements of ``A`` as consecutive ``p x q`` blocks, each transposed (then read as ``shape``);
-    ``dA``: ``G``'s ``q x p`` blocks transposed back.
+    """``C = block_transpose(A, p, q)``;  ``dA = block_transpose(G, q, p)``.
 
-    With ``p = L``, ``q = C``: ``(B*L, C)`` patch-major rows to ``(B, C*L)`` image rows,
+    The elements of ``A`` read as consecutive ``p x q`` blocks, each transposed (and the result
+    read as ``shape``); the gradient transposes ``G``'s ``q x p`` blocks back. With ``p = L``,
+    ``q = C``: ``(B*L, C)`` patch-major rows to ``(B, C*L)`` image rows,
     ``C[b, c*L + l] = A[b*L + l, c]``; with ``p = C``, ``q = L``, the way back. A permutation, so
     its gradient is the inverse permutation.
     """
@@ -182,9 +183,10 @@ def _recording() -> bool:
 
 
 class MaxPool2d(Op):
-    """``Y[b, c, l] = max(X over window l of channel c)``;  ``dX = sum over windows of where(X == Y, G / n, 0)``.
+    """``Y = max_pool2d(X)`` over each window;  ``dX = fold(where(M, G / count(M), 0))``, ``M = [unfold(X) == Y]``.
 
-    ``n`` counts the window's elements equal to its maximum: ties share the gradient equally, as
+    ``Y[b, c, l]`` is the maximum of window ``l`` of channel ``c``; ``M`` marks the elements of
+    each window (a row of the patch matrix) equal to it, so ties share the gradient equally, as
     ``max`` reduction's rule does (PyTorch gives it all to the first), and overlapping windows add
     up. Padding is ``-inf``, never a maximum. Written with ops, the rule is ``fold`` of the
     selected ``G / n`` over ``unfold``'s patches: linear in ``G``, so it differentiates again.
@@ -228,11 +230,12 @@ class MaxPool2d(Op):
 
 
 class AvgPool2d(Op):
-    """``Y[b, c, l] = sum(X over window l of channel c) / n_l``;  ``dX = fold(G / n)`` spread over each window.
+    """``Y = sum(unfold(X), cols) / n``;  ``dX = fold(G / n)`` spread over each window.
 
-    ``n_l = kh*kw`` (padding counts as zeros), or with ``count_include_pad=False`` the window's
-    positions inside the image. Linear, so its gradient is its adjoint: ``fold`` of ``G / n``
-    repeated across each window's ``kh*kw`` patch columns.
+    ``Y[b, c, l]`` is the mean of window ``l`` of channel ``c``: ``n = kh*kw`` (padding counts as
+    zeros), or with ``count_include_pad=False`` the window's positions inside the image. Linear,
+    so its gradient is its adjoint: ``fold`` of ``G / n`` repeated across each window's
+    ``kh*kw`` patch columns.
     """
 
     __slots__ = ("counts", "include_pad", "window")
