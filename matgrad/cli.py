@@ -1,6 +1,7 @@
 """The ``matgrad`` command: train an MLP on MNIST, evaluate a checkpoint, draw graphs, show setup.
 
     matgrad train                      # the shipped 5,000-image sample, MLP 784-128-10, SGD
+    matgrad train --model cnn          # a small CNN (two conv layers), Adam
     matgrad train --data DIR --epochs 3 --save model.safetensors
     matgrad eval --model model.safetensors
     matgrad graph --hidden 128,64 -o mlp.svg
@@ -119,7 +120,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="matgrad",
-        description="Autodiff at matrix granularity: train an MLP on MNIST from scratch, and look inside.",
+        description="Autodiff at matrix granularity: train an MLP or a CNN on MNIST from scratch, and look inside.",
     )
     parser.add_argument("--version", action="version", version=f"matgrad {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{train,eval,graph,explore,info}", parser_class=_Parser)
@@ -131,12 +132,23 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--download", action="store_true", help="download MNIST into --data (or the cache) if missing")
         backend_options(p)
 
-    train = sub.add_parser("train", help="train an MLP on MNIST", description="Train an MLP on MNIST.")
+    train = sub.add_parser(
+        "train",
+        help="train an MLP or a CNN on MNIST",
+        description="Train an MLP (or, with --model cnn, a CNN) on MNIST.",
+    )
     data_options(train)
-    train.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training set (default 10)")
+    train.add_argument(
+        "--model", choices=list(MODELS), default="mlp", help="mlp (784-128-10) or cnn (two conv layers); default mlp"
+    )
+    train.add_argument(
+        "--epochs", type=_positive_int, help="passes over the training set (default 10 for mlp, 6 for cnn)"
+    )
     train.add_argument("--batch-size", type=_positive_int, default=64, help="examples per step (default 64)")
-    train.add_argument("--lr", type=_non_negative_float, default=0.05, help="learning rate (default 0.05)")
-    train.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimiser (default sgd)")
+    train.add_argument(
+        "--lr", type=_non_negative_float, help="learning rate (default 0.05, or 0.002 for the cnn's Adam)"
+    )
+    train.add_argument("--optimizer", choices=["sgd", "adam"], help="optimiser (default sgd for mlp, adam for cnn)")
     train.add_argument("--momentum", type=_non_negative_float, default=0.9, help="SGD momentum (default 0.9)")
     train.add_argument(
         "--hidden", type=_hidden_sizes, default=[128], metavar="SIZES", help="hidden layer sizes (default 128)"
@@ -168,11 +180,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    ev = sub.add_parser("eval", help="evaluate a saved model", description="Evaluate a saved MLP on MNIST's test set.")
+    ev = sub.add_parser(
+        "eval", help="evaluate a saved model", description="Evaluate a saved MLP or CNN on MNIST's test set."
+    )
     ev.add_argument("--model", required=True, metavar="FILE", help="checkpoint written by `matgrad train --save`")
     data_options(ev)
 
-    graph = sub.add_parser("graph", help="draw an MLP's loss graph", description="Draw an untrained MLP's loss graph.")
+    graph = sub.add_parser(
+        "graph", help="draw a model's loss graph", description="Draw an untrained MLP's (or CNN's) loss graph."
+    )
+    graph.add_argument("--model", choices=list(MODELS), default="mlp", help="mlp or cnn (default mlp)")
     graph.add_argument("--hidden", type=_hidden_sizes, default=[128], metavar="SIZES", help="hidden sizes (128,64)")
     graph.add_argument("-o", "--output", default="mlp.svg", metavar="FILE", help="output file (default mlp.svg)")
     graph.add_argument("--batch-size", type=_positive_int, default=8, help="rows in the example batch (default 8)")
@@ -221,6 +238,78 @@ def _load_data(args: argparse.Namespace) -> Any:
 
 def _mlp_metadata(sizes: Sequence[int]) -> dict[str, str]:
     return {"format": "matgrad.nn.MLP", "sizes": ",".join(map(str, sizes)), "activation": "relu"}
+
+
+# -- the CNN -------------------------------------------------------------------------------------
+
+# The recipe of each model: epochs, optimiser and its learning rate when not given. The cnn's
+# Adam learning rate also decays to 0 along a cosine over the epochs (CosineAnnealingLR).
+MODELS = {"mlp": (10, "sgd", 0.05), "cnn": (6, "adam", 0.002)}
+CNN_CHANNELS = (16, 32)
+CNN_FORMAT = "matgrad.cli.cnn"
+
+
+def _image_size(width: int) -> tuple[int, int]:
+    side = round(width**0.5)
+    if side * side != width:
+        raise CommandError(f"--model cnn needs square images; these rows hold {width} pixels")
+    return side, side
+
+
+def build_cnn(image_size: tuple[int, int], hidden: Sequence[int], channels: Sequence[int] = CNN_CHANNELS) -> Any:
+    """The CLI's CNN: ``[Conv2d 5x5, ReLU, MaxPool2d 2]`` per channel count, ``Flatten``, ``[Linear, ReLU]``
+    per hidden size, ``Linear``.
+
+    For 28x28 MNIST, ``conv(1->16, 5) relu pool conv(16->32, 5) relu pool flatten linear(512->128)
+    relu linear(128->10)``: the same ``torch.nn.Sequential`` loads its checkpoints.
+    """
+    from matgrad import nn
+
+    layers: list[Any] = []
+    c_in = 1
+    for i, c in enumerate(channels):
+        layers += [nn.Conv2d(c_in, c, 5, image_size=image_size if i == 0 else None), nn.ReLU(), nn.MaxPool2d(2)]
+        c_in = c
+    c, h, w = nn.Sequential(*layers)[-1].output_shape()  # a Sequential passes the image sizes down
+    width = c * h * w
+    layers.append(nn.Flatten())
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    layers.append(nn.Linear(width, 10))
+    return nn.Sequential(*layers)
+
+
+def _cnn(width: int, hidden: Sequence[int], channels: Sequence[int] = CNN_CHANNELS) -> tuple[Any, str, dict[str, str]]:
+    """The CLI's CNN for rows of ``width`` pixels, its one-line description and the checkpoint metadata."""
+    from matgrad import nn
+
+    size = _image_size(width)
+    model = build_cnn(size, hidden, channels)
+    steps = [f"{'x'.join(map(str, model[0].image_shape))}"]
+    for m in model:
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            steps.append(f"{'conv' if isinstance(m, nn.Conv2d) else 'pool'} {'x'.join(map(str, m.output_shape()))}")
+    description = f"CNN {' > '.join([*steps, *map(str, [*hidden, 10])])}"
+    metadata = {
+        "format": CNN_FORMAT,
+        "image_size": ",".join(map(str, size)),
+        "channels": ",".join(map(str, channels)),
+        "hidden": ",".join(map(str, hidden)),
+    }
+    return model, description, metadata
+
+
+def _cnn_from_metadata(metadata: dict[str, str], path: str) -> tuple[Any, str, int]:
+    """The CNN a checkpoint's metadata describes, its description and its input width."""
+    try:
+        h, w = (int(v) for v in metadata["image_size"].split(","))
+        hidden = [int(v) for v in metadata["hidden"].split(",") if v]
+        channels = [int(v) for v in metadata["channels"].split(",")]
+    except (KeyError, ValueError):
+        raise CommandError(f"{path}: unreadable CNN metadata {metadata!r}") from None
+    model, description, _ = _cnn(h * w, hidden, channels)
+    return model, description, h * w
 
 
 def _plot_curves(path: str, history: list[dict[str, float]]) -> None:
@@ -432,16 +521,25 @@ def _train_in(args: argparse.Namespace, par: Any) -> int:
         n = min(args.limit, x_train.nrows)
         x_train, y_train = x_train[:n], y_train[:n]
 
+    epochs, optimizer, lr = MODELS[args.model]
+    args.epochs = args.epochs or epochs
+    args.optimizer = args.optimizer or optimizer
+    if args.lr is None:
+        args.lr = lr if args.optimizer == optimizer else MODELS["mlp"][2]
     mg.manual_seed(args.seed)
-    sizes = [x_train.ncols, *args.hidden, 10]
-    state = {"adam": 2, "sgd": 1 if args.momentum else 0}[args.optimizer]
-    rows = max(min(args.batch_size, x_train.nrows), min(1000, x_train.nrows))  # a batch, or predict's 1000 rows
-    _check_memory(
-        _estimate_mlp(sizes, rows, training=True, state=state),
-        f"training MLP {'-'.join(map(str, sizes))} with {args.optimizer} at batch {args.batch_size}",
-        "use smaller --hidden sizes or a smaller --batch-size",
-    )
-    model = nn.MLP(sizes)
+    model: Any
+    if args.model == "cnn":
+        model, description, metadata = _cnn(x_train.ncols, args.hidden)
+    else:
+        sizes = [x_train.ncols, *args.hidden, 10]
+        state = {"adam": 2, "sgd": 1 if args.momentum else 0}[args.optimizer]
+        rows = max(min(args.batch_size, x_train.nrows), min(1000, x_train.nrows))  # a batch, or predict's 1000 rows
+        _check_memory(
+            _estimate_mlp(sizes, rows, training=True, state=state),
+            f"training MLP {'-'.join(map(str, sizes))} with {args.optimizer} at batch {args.batch_size}",
+            "use smaller --hidden sizes or a smaller --batch-size",
+        )
+        model, description, metadata = nn.MLP(sizes), f"MLP {'-'.join(map(str, sizes))}", _mlp_metadata(sizes)
     ddp = par.wrap(model)  # among several processes: rank 0's parameters everywhere, gradients averaged
     if args.optimizer == "sgd":
         opt: optim.Optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
@@ -449,16 +547,19 @@ def _train_in(args: argparse.Namespace, par: Any) -> int:
     else:
         opt = optim.Adam(model.parameters(), lr=args.lr)
         recipe = f"Adam lr {args.lr:g}"
+    schedule = optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs) if args.model == "cnn" else None
+    if schedule is not None:
+        recipe += " (cosine decay)"
     loader = DataLoader(
         x_train, y_train, args.batch_size, shuffle=True, seed=args.seed, rank=par.rank, world_size=par.world_size
     )
-    watch = _training_explorer(args, model, x_train, y_train, len(loader) * args.epochs, sizes)
+    watch = _training_explorer(args, model, x_train, y_train, len(loader) * args.epochs, description)
     print(
         f"matgrad {mg.__version__} | backend {_backend_label()} | {source}: {x_train.nrows} training and "
         f"{data.x_test.nrows} test images"
     )
     print(
-        f"model MLP {'-'.join(map(str, sizes))} ({sum(p.nrows * p.ncols for p in model.parameters()):,} "
+        f"model {description} ({sum(p.nrows * p.ncols for p in model.parameters()):,} "
         f"parameters) | {recipe} | batch {par.batch_text(args.batch_size)} | {args.epochs} epochs | seed {args.seed}"
     )
 
@@ -502,6 +603,8 @@ def _train_in(args: argparse.Namespace, par: Any) -> int:
             elapsed = time.perf_counter() - t0
             bar.set_postfix(loss=f"{value:.4f}", img_per_s=f"{seen / elapsed:,.0f}" if elapsed else "-", refresh=False)
         train_time = time.perf_counter() - t0
+        if schedule is not None:
+            schedule.step()
         total, seen = par.sum(total, seen)  # over every process: the loss of the whole epoch
         if not par.is_main:
             continue
@@ -527,7 +630,7 @@ def _train_in(args: argparse.Namespace, par: Any) -> int:
     print(format_confusion_matrix(confusion_matrix(test_preds, data.y_test)))
 
     if args.save:
-        mg.save(model, args.save, metadata=_mlp_metadata(sizes))
+        mg.save(model, args.save, metadata=metadata)
         print(f"\nsaved the model to {args.save}")
     if args.graph:
         from matgrad.viz import draw_model_graph, render_graph
@@ -559,7 +662,7 @@ def _check_explore_options(args: argparse.Namespace) -> None:
 
 
 def _training_explorer(
-    args: argparse.Namespace, model: Any, x_train: Any, y_train: Any, total_steps: int, sizes: Sequence[int]
+    args: argparse.Namespace, model: Any, x_train: Any, y_train: Any, total_steps: int, description: str
 ) -> Any:
     """The explorer of this run (``--explore``, ``--live``), its server started; None without them."""
     if not args.explore and args.live is None:
@@ -575,7 +678,7 @@ def _training_explorer(
         path=args.explore,
         port=args.live,
         every=every,
-        title=f"MLP {'-'.join(map(str, sizes))}: loss on the first {batch} training images",
+        title=f"{description}: loss on the first {batch} training images",
     )
     watch.record.total_steps = total_steps
     try:
@@ -636,24 +739,28 @@ def _eval(args: argparse.Namespace) -> int:
     _use_backend(args)
     # the header alone (bounded, validated) first: check before allocating anything
     header, metadata = load_header(args.model)
-    sizes = _infer_mlp({name: info.shape for name, info in header.items()}, metadata, args.model)
-    loaded = sum(info.shape[0] * info.shape[1] for info in header.values())
-    _check_memory(
-        _estimate_mlp(sizes, 1000, training=False) + loaded * _element_size(),  # the model and the loaded state
-        f"{args.model}: evaluating MLP {'-'.join(map(str, sizes))}",
-        "evaluate it on a machine with more memory",
-    )
+    model: Any
+    if metadata.get("format") == CNN_FORMAT:  # written by train --model cnn: rebuilt from its metadata
+        model, description, inputs = _cnn_from_metadata(metadata, args.model)
+    else:
+        sizes = _infer_mlp({name: info.shape for name, info in header.items()}, metadata, args.model)
+        loaded = sum(info.shape[0] * info.shape[1] for info in header.values())
+        _check_memory(
+            _estimate_mlp(sizes, 1000, training=False) + loaded * _element_size(),  # the model and the loaded state
+            f"{args.model}: evaluating MLP {'-'.join(map(str, sizes))}",
+            "evaluate it on a machine with more memory",
+        )
+        model, description, inputs = nn.MLP(sizes), f"MLP {'-'.join(map(str, sizes))}", sizes[0]
     state = mg.load(args.model)
-    model = nn.MLP(sizes)
     model.load_state_dict(state)
     del state
     data, source = _load_data(args)
-    if data.x_test.ncols != sizes[0]:
-        raise CommandError(f"{args.model}: the model takes {sizes[0]} inputs but the images have {data.x_test.ncols}")
+    if data.x_test.ncols != inputs:
+        raise CommandError(f"{args.model}: the model takes {inputs} inputs but the images have {data.x_test.ncols}")
     t0 = time.perf_counter()
     preds = predict(model, data.x_test)
     elapsed = time.perf_counter() - t0
-    print(f"model MLP {'-'.join(map(str, sizes))} from {args.model} | backend {_backend_label()} | {source}")
+    print(f"model {description} from {args.model} | backend {_backend_label()} | {source}")
     print(f"test accuracy {accuracy(preds, data.y_test):.2%} on {data.x_test.nrows} images ({elapsed:.2f}s)\n")
     print(format_confusion_matrix(confusion_matrix(preds, data.y_test)))
     return 0
@@ -668,18 +775,22 @@ def _graph(args: argparse.Namespace) -> int:
     _check_outputs([("-o", args.output, GRAPH_SUFFIXES)], [])
     data = load_mnist(sample=True)
     mg.manual_seed(0)
-    sizes = [data.x_train.ncols, *args.hidden, 10]
     n = min(args.batch_size, data.x_train.nrows)
-    _check_memory(
-        _estimate_mlp(sizes, n, training=args.backward),
-        f"drawing MLP {'-'.join(map(str, sizes))}",
-        "use smaller --hidden sizes (the drawing is the same for any width)",
-    )
-    model = nn.MLP(sizes)
+    model: Any
+    if args.model == "cnn":
+        model, description, _ = _cnn(data.x_train.ncols, args.hidden)
+    else:
+        sizes = [data.x_train.ncols, *args.hidden, 10]
+        _check_memory(
+            _estimate_mlp(sizes, n, training=args.backward),
+            f"drawing MLP {'-'.join(map(str, sizes))}",
+            "use smaller --hidden sizes (the drawing is the same for any width)",
+        )
+        model, description = nn.MLP(sizes), f"MLP {'-'.join(map(str, sizes))}"
     dot = draw_model_graph(model, data.x_train[:n], data.y_train[:n], grad=False, backward=args.backward)
     render_graph(dot, args.output)
     what = "gradient graph" if args.backward else "loss graph"
-    print(f"drew the {what} of MLP {'-'.join(map(str, sizes))} on a {n}-image batch to {args.output}")
+    print(f"drew the {what} of {description} on a {n}-image batch to {args.output}")
     return 0
 
 

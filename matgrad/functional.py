@@ -18,6 +18,7 @@ from matgrad.autograd.grad_mode import GRAD
 from matgrad.autograd.grad_mode import state as _state
 from matgrad.autograd.graph import Op
 from matgrad.backends.base import Backend, Data
+from matgrad.conv import avg_pool2d, conv2d, fold, max_pool2d, unfold
 from matgrad.ops import (
     Pick,
     Where,
@@ -34,13 +35,17 @@ from matgrad.ops import (
 from matgrad.tensor import Tensor2D, _wrap, check_size, dtype_name
 
 __all__ = [
+    "avg_pool2d",
     "binary_cross_entropy_with_logits",
+    "conv2d",
     "cross_entropy",
     "dropout",
+    "fold",
     "leaky_relu",
     "linear",
     "log_softmax",
     "logsumexp",
+    "max_pool2d",
     "mse_loss",
     "nll_loss",
     "one_hot",
@@ -49,6 +54,7 @@ __all__ = [
     "softmax",
     "softplus",
     "tanh",
+    "unfold",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")

@@ -95,7 +95,9 @@ def save(obj: Any, path: PathLike, metadata: Mapping[str, str] | None = None) ->
     """Write ``obj`` (a Module, or a mapping name -> Tensor2D) to ``path`` as safetensors, atomically.
 
     A (1, n) tensor whose name ends in ``bias`` is stored 1-D with shape ``[n]``, as PyTorch
-    stores biases, so an MLP's file loads unchanged into the same ``torch.nn.Sequential``.
+    stores biases, and a layer's ``checkpoint_shapes()`` gives others PyTorch's shape (a
+    ``Conv2d`` weight ``(out, in*kh*kw)`` is stored ``(out, in, kh, kw)``, the same bytes), so an
+    MLP's or a CNN's file loads unchanged into the same ``torch.nn.Sequential``.
     ``metadata`` (str -> str) goes in the header's ``__metadata__``, keys sorted. The bytes go to a
     temporary file beside ``path``, which replaces ``path`` only once complete and synced: an
     error or Ctrl-C mid-save leaves any previous file untouched and no temporary file behind, and
@@ -106,6 +108,7 @@ def save(obj: Any, path: PathLike, metadata: Mapping[str, str] | None = None) ->
     """
     filename = _filename("save", path)
     tensors = _named_tensors(obj)
+    stored = _stored_shapes(obj)
     header: dict[str, Any] = {}
     if metadata is not None:
         header["__metadata__"] = _checked_metadata(metadata)
@@ -115,6 +118,8 @@ def save(obj: Any, path: PathLike, metadata: Mapping[str, str] | None = None) ->
         nrows, ncols = t.shape
         end = offset + nrows * ncols * _LAYOUTS[_SAVED_AS[t.dtype]].size
         shape = [ncols] if nrows == 1 and name.endswith("bias") else [nrows, ncols]
+        if name in stored and math.prod(stored[name]) == nrows * ncols and stored[name][0] == nrows:
+            shape = stored[name]  # the same row-major bytes, in PyTorch's shape: a conv weight (out, in, kh, kw)
         header[name] = {"dtype": _SAVED_AS[t.dtype], "shape": shape, "data_offsets": [offset, end]}
         offset = end
     text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -137,6 +142,20 @@ def _named_tensors(obj: Any) -> Mapping[str, Tensor2D]:
                 f"save: {name!r} is a {type(value).__name__}, not a Tensor2D; wrap it: Tensor2D(value)"
             )
     return state
+
+
+def _stored_shapes(obj: Any) -> dict[str, list[int]]:
+    """The shapes a Module's layers store some parameters in, by state-dict name (``checkpoint_shapes()``)."""
+    named_modules = getattr(obj, "named_modules", None)
+    if not callable(named_modules):
+        return {}
+    shapes: dict[str, list[int]] = {}
+    for prefix, module in named_modules(remove_duplicate=False):
+        declared = getattr(module, "checkpoint_shapes", None)
+        if callable(declared):
+            for key, shape in declared().items():
+                shapes[f"{prefix}.{key}" if prefix else key] = [int(d) for d in shape]
+    return shapes
 
 
 def _checked_metadata(metadata: Any) -> dict[str, str]:
@@ -203,7 +222,9 @@ class _Entry(NamedTuple):
 def load(path: PathLike, *, backend: str | Backend | None = None, dtype: Any = None) -> dict[str, Tensor2D]:
     """The tensors of the safetensors file at ``path``, in the order of their data in the file.
 
-    2-D tensors load as they are, 1-D ones as (1, n) rows, 0-D ones as (1, 1). F32, F64 and I64
+    2-D tensors load as they are, 1-D ones as (1, n) rows, 0-D ones as (1, 1), and higher ones
+    as (d0, d1*d2*...) with the same row-major bytes (a conv weight (out, in, kh, kw) as
+    (out, in*kh*kw), the shape of matgrad's ``Conv2d.weight``). F32, F64 and I64
     load as float32, float64 and int64; F16 and BF16 as float32; I32, U32, I16, U16, I8 and U8 as
     int64. ``dtype`` (float32 or float64) converts every floating tensor; ``backend`` picks where
     the tensors live (default: the current backend). The whole header is validated before any
@@ -443,11 +464,9 @@ def _entry(filename: str, name: str, info: Any, data_size: int) -> _Entry:
             f"{where} declares shape {_short(shape)} ({'at least ' * partial}{nbytes} bytes as {dtype}) "
             f"but its data_offsets span {span} bytes"
         )
-    if len(shape) > 2:
-        raise CheckpointError(f"{where} has shape {_short(shape)}: matgrad tensors are 2-D (1-D ones load as rows)")
     if 0 in shape:
         raise CheckpointError(f"{where} has shape {shape}, no elements; a matgrad matrix needs a row and a column")
-    rows, cols = (1, 1) if not shape else (1, shape[0]) if len(shape) == 1 else (shape[0], shape[1])
+    rows, cols = (1, 1) if not shape else (1, shape[0]) if len(shape) == 1 else (shape[0], math.prod(shape[1:]))
     return _Entry(name, dtype, (rows, cols), begin, end)
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import matgrad as mg
 import matgrad.functional as F
-from matgrad import ops
+from matgrad import conv, ops
 from matgrad.autograd import Op
 from matgrad.autograd.function import FunctionOp
 
@@ -210,8 +210,95 @@ CASES: list[Case] = [
     # above the threshold softplus is the identity (value and gradient), as PyTorch's
     Case("softplus_linear", lambda a: F.softplus(a + 2.0, threshold=1.0), same(1), (F.Softplus,), ("positive",)),
     # --8<-- [end:softplus]
+    # convolution and pooling: m images of C x H x W in rows, NCHW (matgrad.conv)
+    Case(
+        "unfold", lambda x: F.unfold(x, 2, image_size=(4, 3)), lambda m, n: [(m, 2 * 4 * 3)], (conv.Unfold, conv.Fold)
+    ),
+    Case(
+        "unfold_stride_pad_dilation",
+        lambda x: F.unfold(x, (2, 3), dilation=(2, 1), padding=(1, 2), stride=(1, 2), image_size=(4, 5)),
+        lambda m, n: [(m, 4 * 5)],
+        (conv.Unfold,),
+    ),
+    # 2 channels of 4x3 with a 2x2 kernel: L = 3 * 2 positions, 2 * 2 * 2 patch columns
+    Case("fold", lambda p: F.fold(p, (4, 3), 2), lambda m, n: [(6 * m, 8)], (conv.Fold, conv.Unfold)),
+    Case(
+        "fold_stride_pad",  # 5x5, 3x3 kernel, stride 2, padding 1: 3x3 positions, overlapping
+        lambda p: F.fold(p, (5, 5), 3, padding=1, stride=2),
+        lambda m, n: [(9 * m, 9)],
+        (conv.Fold,),
+    ),
+    Case(
+        "patches_to_images", lambda a: conv.patches_to_images(a, 3), lambda m, n: [(3 * m, n)], (conv.BlockTranspose,)
+    ),
+    Case(
+        "images_to_patches", lambda a: conv.images_to_patches(a, 2), lambda m, n: [(m, 2 * n)], (conv.BlockTranspose,)
+    ),
+    Case(
+        "conv2d",
+        lambda x, w, b: F.conv2d(x, w, b, image_size=(4, 3)),
+        lambda m, n: [(m, 2 * 4 * 3), (3, 2 * 2 * 2), (1, 3)],
+        (conv.Unfold, F.Linear, conv.BlockTranspose),
+    ),
+    Case(
+        "conv2d_stride_pad_dilation",
+        lambda x, w: F.conv2d(x, w, None, (2, 1), 1, (1, 2), image_size=(4, 4), kernel_size=(2, 3)),
+        lambda m, n: [(m, 4 * 4), (2, 6)],
+        (conv.Unfold, F.Linear, conv.BlockTranspose),
+    ),
+    Case(
+        "max_pool2d",
+        lambda x: F.max_pool2d(x, 2, image_size=(4, 4)),
+        lambda m, n: [(m, 2 * 4 * 4)],
+        (conv.MaxPool2d,),
+        ("distinct",),
+        smooth=False,
+    ),
+    Case(
+        "max_pool2d_overlap_pad",  # 3x3 windows, stride 1, padding 1: every element in up to 9 windows
+        lambda x: F.max_pool2d(x, 3, stride=1, padding=1, image_size=(3, 4)),
+        lambda m, n: [(m, 3 * 4)],
+        (conv.MaxPool2d,),
+        ("distinct",),
+        smooth=False,
+    ),
+    Case(
+        "max_pool2d_dilation",
+        lambda x: F.max_pool2d(x, 2, stride=(1, 2), dilation=2, image_size=(4, 5)),
+        lambda m, n: [(m, 4 * 5)],
+        (conv.MaxPool2d,),
+        ("distinct",),
+        smooth=False,
+    ),
+    Case(
+        "avg_pool2d", lambda x: F.avg_pool2d(x, 2, image_size=(4, 4)), lambda m, n: [(m, 2 * 4 * 4)], (conv.AvgPool2d,)
+    ),
+    Case(
+        "avg_pool2d_pad_exclude",
+        lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False, image_size=(5, 4)),
+        lambda m, n: [(m, 5 * 4)],
+        (conv.AvgPool2d,),
+    ),
     # user-defined ops go through the same door
     Case("function", lambda a: ScaledSquare.apply(a, 1.5), same(1), (FunctionOp,)),
+    # hand-computed rows on one 1x3x3 image (and one 1x4x4 for pooling)
+    Case("unfold_hand", lambda x: F.unfold(x, 2, image_size=(3, 3)), lambda m, n: [(m, 9)], (conv.Unfold,)),
+    Case("fold_hand", lambda p: F.fold(p, (3, 3), 2), lambda m, n: [(4 * m, 4)], (conv.Fold,)),
+    Case(
+        "conv2d_hand",
+        lambda x, w, b: F.conv2d(x, w, b, image_size=(3, 3)),
+        lambda m, n: [(m, 9), (1, 4), (1, 1)],
+        (conv.Unfold, F.Linear, conv.BlockTranspose),
+    ),
+    Case(
+        "max_pool2d_hand",
+        lambda x: F.max_pool2d(x, 2, image_size=(4, 4)),
+        lambda m, n: [(m, 16)],
+        (conv.MaxPool2d,),
+        ("distinct",),
+        smooth=False,
+    ),
+    Case("avg_pool2d_hand", lambda x: F.avg_pool2d(x, 2, image_size=(4, 4)), lambda m, n: [(m, 16)], (conv.AvgPool2d,)),
     Case("function_two_outputs", _mul_and_add, same(2), (FunctionOp,)),
 ]
 
@@ -277,4 +364,14 @@ HAND: list[tuple[str, list[list[list[float]]], list[list[float]]]] = [
     ("function", [[[2, -1]]], [[6, 1.5]]),
     ("function_two_outputs", [[[2, 3]], [[4, 5]]], [[8, 15, 18, 24]]),
     ("alias", [[[1, -2]]], [[2, -4]]),
+    # 1x3x3 image 1..9, 2x2 patches read row by row: positions (0,0), (0,1), (1,0), (1,1)
+    ("unfold_hand", [[[1, 2, 3, 4, 5, 6, 7, 8, 9]]], [[1, 2, 4, 5], [2, 3, 5, 6], [4, 5, 7, 8], [5, 6, 8, 9]]),
+    # folding patches of ones counts how many windows cover each pixel
+    ("fold_hand", [[[1, 1, 1, 1]] * 4], [[1, 2, 1, 2, 4, 2, 1, 2, 1]]),
+    # kernel [[1, 0], [0, 1]] adds each pixel to its lower-right neighbour, plus a bias of 10
+    ("conv2d_hand", [[[1, 2, 3, 4, 5, 6, 7, 8, 9]], [[1, 0, 0, 1]], [[10]]], [[16, 18, 22, 24]]),
+    ("max_pool2d_hand", [[[1, 5, 2, 0, 3, 4, 8, 1, 0, -1, 2, 2, -3, 6, 2, 9]]], [[5, 8, 6, 9]]),
+    ("avg_pool2d_hand", [[[1, 5, 2, 0, 3, 4, 8, 1, 0, -1, 2, 2, -3, 6, 2, 9]]], [[3.25, 2.75, 0.5, 3.75]]),
+    # L=3 patches of C=2 channels -> channel 0's three values, then channel 1's
+    ("patches_to_images", [[[1, 2], [3, 4], [5, 6]]], [[1, 3, 5, 2, 4, 6]]),
 ]

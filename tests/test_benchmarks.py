@@ -225,6 +225,17 @@ def test_phases_smoke():
     assert [r[1] for r in tiny] == ["8-8-3", "8-8-8-3"]
 
 
+def test_cnn_compare_smoke(tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / "cnn.json"
+    args = ["--data", str(SAMPLE), "--limit", "192", "--test-limit", "200", "--epochs", "1", "--threads", "1"]
+    out = run("cnn_compare.py", *args, "--profile", "--json", str(path)).stdout
+    assert has_table(out) and "Where one matgrad epoch goes" in out and "unfold (im2col)" in out
+    (epoch,) = json.loads(path.read_text())["epochs"]
+    # the same initial weights and batches: the two frameworks' accuracies agree closely
+    assert abs(epoch["matgrad"]["acc"] - epoch["torch"]["acc"]) <= 0.02
+
+
 def test_jacobian_scaling_smoke():
     # --no-torch: importing torch in a fresh process takes seconds; test_autograd_functional.py compares with torch
     out = run("jacobian_scaling.py", "--batches", "1,2", "--hidden", "8", "--repeats", "1", "--no-torch").stdout
@@ -239,7 +250,7 @@ def test_jacobian_scaling_smoke():
 
 
 def test_data_path_is_an_option_not_hard_coded():
-    for script in ("train_compare.py", "profile_train.py", "reference_numpy.py", "phases.py"):
+    for script in ("train_compare.py", "profile_train.py", "reference_numpy.py", "phases.py", "cnn_compare.py"):
         text = (BENCH / script).read_text()
         assert "shared/data" not in text.replace("../shared/data/mnist", ""), script
     assert os.path.isdir(SAMPLE)

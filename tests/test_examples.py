@@ -161,6 +161,43 @@ def test_mnist_mlp_missing_data(tmp_path: Path) -> None:
     assert "MNIST not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
+# -- mnist_cnn ----------------------------------------------------------------------------------
+
+
+@covers("mnist_cnn.py")
+def test_mnist_cnn_on_the_sample(backend: str, tmp_path: Path) -> None:
+    if backend == "python":  # the pure-Python backend: a tiny net on a few images, two epochs
+        small = ["--sample", "--epochs", "2", "--limit", "96", "--test-limit", "50", "--channels", "4,8"]
+        small += ["--hidden", "16", "--batch-size", "16", "--lr", "0.01"]
+    else:
+        small = ["--data", SAMPLE_DIR, "--epochs", "2", "--limit", "1000", "--test-limit", "500", "--save", "cnn.st"]
+    out = run("mnist_cnn.py", "--backend", backend, *small, cwd=tmp_path).stdout
+    losses = [float(v) for v in re.findall(r"^epoch\s+\d/2\s.*train loss ([0-9.]+)\s.*test acc", out, re.M)]
+    assert len(losses) == 2 and losses[1] < losses[0]  # it learns
+    assert "confusion matrix" in out
+    if backend == "numpy":  # a CNN needs more steps than a tiny run gives the Python backend
+        assert number(r"final test accuracy ([0-9.]+)%", out) >= 60.0  # chance is 10%
+    if backend == "numpy":
+        torch = pytest.importorskip("torch")
+        from safetensors.torch import load_file
+
+        state = load_file(tmp_path / "cnn.st")
+        assert tuple(state["0.weight"].shape) == (16, 1, 5, 5) and tuple(state["7.weight"].shape) == (128, 512)
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 16, 5),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(16, 32, 5),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(512, 128),
+            torch.nn.ReLU(),
+            torch.nn.Linear(128, 10),
+        )
+        model.load_state_dict(state)
+
+
 # -- overfit ----------------------------------------------------------------------------------
 
 

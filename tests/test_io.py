@@ -493,12 +493,6 @@ BAD_FILES: list[tuple[str, bytes, str, str | None]] = [
     ("trailing bytes", raw_file({"a": F32x4}, bytes(20)), "the last 4 of the 20 data bytes belong to no tensor", None),
     ("metadata not an object", raw_file({"__metadata__": ["x"]}), "__metadata__ is a JSON array", None),
     ("metadata value", raw_file({"__metadata__": {"epoch": 3}}), "__metadata__['epoch'] is a JSON number", None),
-    (
-        "3-D",
-        raw_file({"conv": entry("F32", [1, 2, 2], 0)}, bytes(16)),
-        "shape [1, 2, 2]: matgrad tensors are 2-D",
-        "conv",
-    ),
     ("no elements", raw_file({"a": entry("F32", [0, 3], 0)}), "shape [0, 3], no elements", "a"),
 ]
 

@@ -21,7 +21,7 @@ Conventions shared by every kernel:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Literal, NamedTuple, Sequence, Union
 
 Data = Any
 """A backend's native matrix: ``backends.python.Matrix`` or a 2-D ``numpy.ndarray``."""
@@ -32,6 +32,53 @@ Index = Union[slice, list[int]]
 
 DTYPES = ("float32", "float64", "int64")
 FLOAT_DTYPES = ("float32", "float64")
+
+
+class Window(NamedTuple):
+    """A window sliding over ``channels x height x width`` images: a convolution's or a pooling's.
+
+    An image is one matrix row in NCHW order, element ``(c, h, w)`` at column ``(c*H + h)*W + w``.
+    The window's top-left corner visits rows ``oh*sh - ph`` and columns ``ow*sw - pw`` for
+    ``oh < out_h``, ``ow < out_w``; its element ``(i, j)`` reads image position
+    ``(oh*sh - ph + i*dh, ow*sw - pw + j*dw)``, which lies in the padding when outside the image.
+    """
+
+    channels: int
+    height: int
+    width: int
+    kh: int  # kernel size
+    kw: int
+    sh: int = 1  # stride
+    sw: int = 1
+    ph: int = 0  # zero padding on each side
+    pw: int = 0
+    dh: int = 1  # dilation: the gap between the kernel's taps
+    dw: int = 1
+
+    @property
+    def out_h(self) -> int:
+        """Window positions down an image: ``(H + 2 ph - dh (kh - 1) - 1) // sh + 1``."""
+        return (self.height + 2 * self.ph - self.dh * (self.kh - 1) - 1) // self.sh + 1
+
+    @property
+    def out_w(self) -> int:
+        """Window positions across an image: ``(W + 2 pw - dw (kw - 1) - 1) // sw + 1``."""
+        return (self.width + 2 * self.pw - self.dw * (self.kw - 1) - 1) // self.sw + 1
+
+    @property
+    def positions(self) -> int:
+        """``L = out_h * out_w``: how many patches one image gives."""
+        return self.out_h * self.out_w
+
+    @property
+    def image_size(self) -> int:
+        """``C * H * W``: the width of an image row."""
+        return self.channels * self.height * self.width
+
+    @property
+    def patch_size(self) -> int:
+        """``C * kh * kw``: the width of a patch row."""
+        return self.channels * self.kh * self.kw
 
 
 class Backend(ABC):
@@ -225,6 +272,47 @@ class Backend(ABC):
     @abstractmethod
     def cat(self, parts: Sequence[Data], axis: Literal[0, 1]) -> Data:
         """Concatenation along rows (axis 0) or columns (axis 1)."""
+
+    # -- images: sliding windows (convolution and pooling) --------------------------------------
+    @abstractmethod
+    def unfold(self, a: Data, window: Window, pad_value: float = 0.0) -> Data:
+        """im2col: the ``(B*L, C*kh*kw)`` matrix of patches of the ``(B, C*H*W)`` images ``a``.
+
+        Row ``b*L + oh*out_w + ow`` is the patch of image ``b`` at window position ``(oh, ow)``;
+        its column ``(c*kh + i)*kw + j`` holds image element ``(c, oh*sh - ph + i*dh,
+        ow*sw - pw + j*dw)``, or ``pad_value`` where that lies in the padding.
+        """
+
+    @abstractmethod
+    def fold(self, a: Data, window: Window) -> Data:
+        """col2im, the adjoint of ``unfold``: ``(B*L, C*kh*kw)`` patches summed back into ``(B, C*H*W)`` images.
+
+        Every patch element is added to the image element ``unfold`` read it from (padding drops it).
+        """
+
+    @abstractmethod
+    def block_transpose(self, a: Data, p: int, q: int) -> Data:
+        """The elements of ``a`` read as consecutive ``p x q`` blocks, each transposed: ``(blocks, q*p)``.
+
+        ``out[b, j*p + i] = flat(a)[b*p*q + i*q + j]``: how ``(B*L, C)`` patch-major rows become
+        ``(B, C*L)`` image rows (``p = L``, ``q = C``) and back (``p = C``, ``q = L``).
+        """
+
+    @abstractmethod
+    def max_pool(self, a: Data, window: Window) -> Data:
+        """The ``(B, C*out_h*out_w)`` maxima of each window over each channel of the ``(B, C*H*W)`` images ``a``.
+
+        Channels are pooled separately; padding is ``-inf`` (never a maximum); NaN propagates.
+        """
+
+    @abstractmethod
+    def max_pool_adjoint(self, a: Data, out: Data, g: Data, window: Window) -> Data:
+        """The gradient of ``max_pool``: each window's ``g`` split equally among its maxima, summed per element.
+
+        ``a`` is the pooled input, ``out`` the pooled maxima, ``g`` shaped as ``out``; the result
+        is shaped as ``a``. Elements equal to their window's maximum share ``g`` (ties split, as
+        the ``max`` reduction's rule); the others get exactly 0.
+        """
 
     # -- fused softmax cross-entropy ---------------------------------------------------------
     @abstractmethod

@@ -11,7 +11,7 @@ import math
 from typing import Any, Literal, Sequence
 
 from matgrad._errors import TensorIndexError
-from matgrad.backends.base import Axis, Backend, Index, Operand
+from matgrad.backends.base import Axis, Backend, Index, Operand, Window
 
 __all__ = ["NumpyBackend"]
 
@@ -31,6 +31,7 @@ class NumpyBackend(Backend):
         self.float_types = frozenset({xp.dtype(xp.float32), xp.dtype(xp.float64)})
         self._rng = xp.random.default_rng(0)
         self._row_index: dict[int, Any] = {}
+        self._tap_cache: dict[Window, list[tuple[int, int, slice, slice]]] = {}
         self._compare = {
             "eq": xp.equal,
             "ne": xp.not_equal,
@@ -256,6 +257,118 @@ class NumpyBackend(Backend):
 
     def cat(self, parts: Sequence[Any], axis: Literal[0, 1]) -> Any:
         return self.xp.concatenate(parts, axis=axis)
+
+    # -- images: sliding windows --------------------------------------------------------------
+    # One strided slice per kernel tap (kh * kw of them): each reads or writes the tap's element
+    # of every window at once, needing only slicing, permute_dims and reshape from the Array API.
+    # Measured against a gather with precomputed indices, a scatter with bincount and
+    # sliding_window_view, this was the fastest or level. Images go through in blocks of about
+    # _BLOCK output elements: each tap sweeps its whole output, and a block that stays in cache
+    # made unfold 4 times faster on a batch of 1,000 images (and 1.5 times on 64).
+    _BLOCK = 1 << 17
+
+    def _blocks(self, n: int, per_image: int) -> list[slice]:
+        step = max(1, self._BLOCK // per_image)
+        return [slice(b, min(b + step, n)) for b in range(0, n, step)]
+
+    def _padded(self, a: Any, w: Window, value: float) -> Any:
+        """``a`` as ``(B, C, H + 2 ph, W + 2 pw)`` with ``value`` in the border (a view when unpadded)."""
+        xp = self.xp
+        x = xp.reshape(a, (a.shape[0], w.channels, w.height, w.width))
+        if w.ph == 0 and w.pw == 0:
+            return x
+        out = xp.full((a.shape[0], w.channels, w.height + 2 * w.ph, w.width + 2 * w.pw), value, dtype=a.dtype)
+        out[:, :, w.ph : w.ph + w.height, w.pw : w.pw + w.width] = x
+        return out
+
+    def _taps(self, w: Window) -> list[tuple[int, int, slice, slice]]:
+        """Each kernel tap ``(i, j)``, with the rows and columns of the padded images it reads at every position."""
+        taps = self._tap_cache.get(w)
+        if taps is None:
+            out_h, out_w = w.out_h, w.out_w
+            taps = self._tap_cache[w] = [
+                (
+                    i,
+                    j,
+                    slice(i * w.dh, i * w.dh + w.sh * (out_h - 1) + 1, w.sh),
+                    slice(j * w.dw, j * w.dw + w.sw * (out_w - 1) + 1, w.sw),
+                )
+                for i in range(w.kh)
+                for j in range(w.kw)
+            ]
+        return taps
+
+    def _unpadded(self, x: Any, w: Window) -> Any:
+        """``(B, C, Hp, Wp)`` padded images back to ``(B, C*H*W)`` rows (the border dropped)."""
+        if w.ph or w.pw:
+            x = x[:, :, w.ph : w.ph + w.height, w.pw : w.pw + w.width]
+        return self.xp.reshape(x, (x.shape[0], w.image_size))  # copies a cropped view into rows
+
+    def unfold(self, a: Any, window: Window, pad_value: float = 0.0) -> Any:
+        xp, w = self.xp, window
+        n = a.shape[0]
+        out = xp.empty((n, w.out_h, w.out_w, w.channels, w.kh, w.kw), dtype=a.dtype)
+        for block in self._blocks(n, w.positions * w.patch_size):
+            x = xp.permute_dims(self._padded(a[block], w, pad_value), (0, 2, 3, 1))  # a channels-last view
+            o = out[block]
+            for i, j, rows, cols in self._taps(w):
+                o[:, :, :, :, i, j] = x[:, rows, cols, :]
+        return xp.reshape(out, (n * w.positions, w.patch_size))
+
+    def fold(self, a: Any, window: Window) -> Any:
+        xp, w = self.xp, window
+        n = a.shape[0] // w.positions
+        patches = xp.reshape(a, (n, w.out_h, w.out_w, w.channels, w.kh, w.kw))
+        # Summed channels-last, (B, Hp, Wp, C), so each tap adds without a transpose; one
+        # permute at the end. Three times faster than summing into (B, C, Hp, Wp) at C = 16.
+        out = xp.zeros((n, w.height + 2 * w.ph, w.width + 2 * w.pw, w.channels), dtype=a.dtype)
+        for block in self._blocks(n, w.positions * w.patch_size):
+            p, o = patches[block], out[block]
+            for i, j, rows, cols in self._taps(w):  # one tap never visits a position twice: += is safe
+                o[:, rows, cols, :] += p[:, :, :, :, i, j]
+        if w.ph or w.pw:
+            out = out[:, w.ph : w.ph + w.height, w.pw : w.pw + w.width, :]
+        return xp.reshape(xp.permute_dims(out, (0, 3, 1, 2)), (n, w.image_size))  # the reshape copies
+
+    def block_transpose(self, a: Any, p: int, q: int) -> Any:
+        xp = self.xp
+        n = a.shape[0] * a.shape[1] // (p * q)
+        blocks = xp.permute_dims(xp.reshape(a, (n, p, q)), (0, 2, 1))
+        return xp.reshape(blocks, (n, q * p))  # reshaping the permuted view copies it, row-major
+
+    def max_pool(self, a: Any, window: Window) -> Any:
+        xp, w = self.xp, window
+        n = a.shape[0]
+        out = xp.empty((n, w.channels, w.out_h, w.out_w), dtype=a.dtype)
+        for block in self._blocks(n, w.image_size):
+            x, o = self._padded(a[block], w, -math.inf), out[block]
+            for i, j, rows, cols in self._taps(w):
+                o[...] = x[:, :, rows, cols] if i == j == 0 else xp.maximum(o, x[:, :, rows, cols])
+        return xp.reshape(out, (n, w.channels * w.positions))
+
+    def max_pool_adjoint(self, a: Any, out: Any, g: Any, window: Window) -> Any:
+        xp, w = self.xp, window
+        n = a.shape[0]
+        shape = (n, w.channels, w.out_h, w.out_w)
+        tops, shares = xp.reshape(out, shape), xp.reshape(g, shape)
+        grad = xp.zeros((n, w.channels, w.height + 2 * w.ph, w.width + 2 * w.pw), dtype=a.dtype)
+        for block in self._blocks(n, w.image_size):
+            x, top, dx = self._padded(a[block], w, -math.inf), tops[block], grad[block]
+            hits, count = [], xp.zeros(top.shape, dtype=a.dtype)
+            for _, _, rows, cols in self._taps(w):
+                hit = x[:, :, rows, cols] == top
+                hits.append(hit)
+                count += xp.astype(hit, a.dtype)
+            share = shares[block] / xp.where(count > 0, count, 1.0)  # a NaN window has no maximum
+            # Windows that do not overlap (the usual stride = kernel) never write a position twice:
+            # assigning instead of adding saves a read of the gradient (15% of this kernel).
+            disjoint = w.dh == w.dw == 1 and w.sh >= w.kh and w.sw >= w.kw
+            for hit, (_, _, rows, cols) in zip(hits, self._taps(w)):
+                if disjoint:
+                    dx[:, :, rows, cols] = xp.where(hit, share, 0.0)
+                else:
+                    dx[:, :, rows, cols] += xp.where(hit, share, 0.0)
+        return self._unpadded(grad, w)
 
     # -- reductions ---------------------------------------------------------------------------
     # ufunc.reduce directly: np.sum / np.max add a Python wrapper (~2 us) per call.

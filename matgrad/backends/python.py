@@ -14,6 +14,7 @@ This module must never import numpy (``to_numpy`` imports it only when asked to 
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import random
@@ -22,7 +23,7 @@ from itertools import chain, islice, repeat
 from typing import Any, Callable, Iterable, Literal, Sequence
 
 from matgrad._errors import ShapeError, TensorIndexError
-from matgrad.backends.base import Axis, Backend, Index, Operand
+from matgrad.backends.base import Axis, Backend, Index, Operand, Window
 
 __all__ = ["Matrix", "PythonBackend", "dot_products"]
 
@@ -365,6 +366,64 @@ def _dot_products_unit(
 _SUMPROD: Callable[[Sequence[float], Sequence[float]], float] | None = getattr(math, "sumprod", None)
 
 
+@functools.lru_cache(maxsize=64)
+def patch_index(w: Window) -> list[int]:
+    """For every element of one image's patch matrix, row-major, where ``unfold`` reads it.
+
+    The position is a flat index into the *padded* image, ``C x (H + 2 ph) x (W + 2 pw)``, so
+    padding needs no special case: patch ``(oh, ow)``'s element ``(c, i, j)`` is image element
+    ``(c, oh*sh + i*dh, ow*sw + j*dw)`` of the padded image, stored at
+    ``(c*Hp + oh*sh + i*dh)*Wp + ow*sw + j*dw``: matmul's ``row * ncols + col`` twice over.
+    """
+    hp, wp = w.height + 2 * w.ph, w.width + 2 * w.pw
+    index = []
+    for oh in range(w.out_h):  # one patch per window position: the rows of the patch matrix
+        for ow in range(w.out_w):
+            for c in range(w.channels):  # the columns: channel, kernel row, kernel column
+                for i in range(w.kh):
+                    h = oh * w.sh + i * w.dh
+                    for j in range(w.kw):
+                        x = ow * w.sw + j * w.dw
+                        index.append((c * hp + h) * wp + x)
+    return index
+
+
+def _padded_images(a: Matrix, w: Window, value: float) -> Iterable[list[Any]]:
+    """Each row of ``a`` as a ``C x Hp x Wp`` image with ``value`` in the border (the row itself when unpadded)."""
+    size, hw, width = w.image_size, w.height * w.width, w.width
+    for b in range(a.nrows):
+        row = a.data[b * size : (b + 1) * size]
+        if not (w.ph or w.pw):
+            yield row
+            continue
+        wp = width + 2 * w.pw
+        border = [value] * (w.ph * wp)
+        side = [value] * w.pw
+        image: list[Any] = []
+        for c in range(w.channels):
+            image.extend(border)
+            for h in range(w.height):
+                start = c * hw + h * width
+                image.extend(side)
+                image.extend(row[start : start + width])
+                image.extend(side)
+            image.extend(border)
+        yield image
+
+
+def _unpad(image: list[Any], w: Window) -> list[Any]:
+    """A ``C x Hp x Wp`` padded image (flat) without its border: ``C*H*W`` values."""
+    if not (w.ph or w.pw):
+        return image
+    wp = w.width + 2 * w.pw
+    out: list[Any] = []
+    for c in range(w.channels):
+        for h in range(w.height):
+            start = (c * (w.height + 2 * w.ph) + h + w.ph) * wp + w.pw
+            out.extend(image[start : start + w.width])
+    return out
+
+
 def _index_list(index: Index, size: int) -> list[int] | range:
     return range(size)[index] if isinstance(index, slice) else index
 
@@ -598,6 +657,66 @@ class PythonBackend(Backend):
         rows = [p.rows() for p in parts]
         data = list(chain.from_iterable(chain.from_iterable(r[i] for r in rows) for i in range(nrows)))
         return Matrix._wrap(nrows, sum(p.ncols for p in parts), data, dtype)
+
+    # -- images: sliding windows --------------------------------------------------------------
+    def unfold(self, a: Matrix, window: Window, pad_value: float = 0.0) -> Matrix:
+        index = patch_index(window)
+        out: list[Any] = []
+        for image in _padded_images(a, window, pad_value):
+            out.extend(map(image.__getitem__, index))  # out[r] = image[index[r]]: a gather
+        return Matrix._wrap(a.nrows * window.positions, window.patch_size, out, a.dtype)
+
+    def fold(self, a: Matrix, window: Window) -> Matrix:
+        index = patch_index(window)
+        per_image = len(index)
+        padded = window.channels * (window.height + 2 * window.ph) * (window.width + 2 * window.pw)
+        out: list[Any] = []
+        for b in range(a.nrows // window.positions):
+            image = [0.0] * padded
+            for k, v in zip(index, a.data[b * per_image : (b + 1) * per_image]):
+                image[k] += v  # the adjoint of the gather: a scatter-add, where patches overlap too
+            out.extend(_unpad(image, window))
+        return _finish(a.nrows // window.positions, window.image_size, out, a.dtype)
+
+    def block_transpose(self, a: Matrix, p: int, q: int) -> Matrix:
+        d, size = a.data, p * q
+        out: list[Any] = []
+        for base in range(0, len(d), size):
+            for j in range(q):  # column j of the p x q block, read down its rows
+                out.extend(d[base + j : base + size : q])
+        return Matrix._wrap(len(d) // size, size, out, a.dtype)
+
+    def _pool_windows(self, a: Matrix, w: Window) -> Iterable[tuple[list[Any], list[list[int]]]]:
+        """Per channel of each image: the padded plane (``-inf`` border) and each window's positions in it."""
+        plane = w._replace(channels=1)
+        index = patch_index(plane)
+        k = w.kh * w.kw
+        windows = [index[p * k : (p + 1) * k] for p in range(w.positions)]
+        planes = Matrix._wrap(a.nrows * w.channels, w.height * w.width, a.data, a.dtype)
+        for image in _padded_images(planes, plane, -_INF):
+            yield image, windows
+
+    def max_pool(self, a: Matrix, window: Window) -> Matrix:
+        out: list[Any] = []
+        for image, windows in self._pool_windows(a, window):
+            out.extend(self._extreme(list(map(image.__getitem__, ix)), max) for ix in windows)
+        return Matrix._wrap(a.nrows, window.channels * window.positions, out, a.dtype)
+
+    def max_pool_adjoint(self, a: Matrix, out: Matrix, g: Matrix, window: Window) -> Matrix:
+        grads: list[Any] = []
+        plane = window._replace(channels=1)
+        n = window.positions
+        for p, (image, windows) in enumerate(self._pool_windows(a, window)):
+            acc = [0.0] * len(image)
+            for ix, top, share in zip(windows, out.data[p * n : (p + 1) * n], g.data[p * n : (p + 1) * n]):
+                hits = [k for k in ix if image[k] == top]  # ties share the gradient equally
+                if len(hits) == 1:
+                    acc[hits[0]] += share
+                else:
+                    for k in hits:
+                        acc[k] += share / len(hits)
+            grads.extend(_unpad(acc, plane))
+        return _finish(a.nrows, a.ncols, grads, a.dtype)
 
     # -- reductions ---------------------------------------------------------------------------
     def _lines(self, a: Matrix, axis: Axis) -> tuple[int, int, list[list[Any]]]:

@@ -12,14 +12,18 @@ from __future__ import annotations
 from matgrad.nn import init
 from matgrad.nn.activation import Dropout, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from matgrad.nn.container import MLP, Sequential
+from matgrad.nn.conv import AvgPool2d, Conv2d, Flatten, MaxPool2d
 from matgrad.nn.linear import Identity, Linear
 from matgrad.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from matgrad.nn.module import IncompatibleKeys, Module, Parameter
 
 __all__ = [
+    "AvgPool2d",
     "BCEWithLogitsLoss",
+    "Conv2d",
     "CrossEntropyLoss",
     "Dropout",
+    "Flatten",
     "Identity",
     "IncompatibleKeys",
     "LeakyReLU",
@@ -27,6 +31,7 @@ __all__ = [
     "LogSoftmax",
     "MLP",
     "MSELoss",
+    "MaxPool2d",
     "Module",
     "Parameter",
     "ReLU",

@@ -11,6 +11,7 @@ from typing import Any, Iterator, Sequence, overload
 from matgrad import backends as _backends
 from matgrad._errors import ArgumentError, ArgumentTypeError, TensorIndexError
 from matgrad.nn.activation import Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
+from matgrad.nn.conv import infer_image_shapes
 from matgrad.nn.linear import Identity, Linear, _float_dtype
 from matgrad.nn.module import Module, _positive_int
 
@@ -21,7 +22,8 @@ class Sequential(Module):
     """Modules called in order, each on the previous one's output: ``Sequential(m0, m1, ...)``.
 
     Children are named ``"0"``, ``"1"``, ... (or by the keys of an ``OrderedDict``), so the
-    parameter names match ``torch.nn.Sequential``'s.
+    parameter names match ``torch.nn.Sequential``'s. Image layers (``Conv2d``, pooling) learn
+    their input image size from the layer before them as the Sequential is built.
     """
 
     def __init__(self, *args: Module | OrderedDict[str, Module]) -> None:
@@ -34,6 +36,10 @@ class Sequential(Module):
                 if not isinstance(arg, Module):
                     raise ArgumentTypeError(f"Sequential: argument {i} is a {type(arg).__name__}, not a Module")
                 self.add_module(str(i), arg)
+        infer_image_shapes(self._named_layers())
+
+    def _named_layers(self) -> list[tuple[str, Module]]:
+        return [(name, m) for name, m in self._modules.items() if m is not None]
 
     def _key(self, idx: int) -> str:
         if isinstance(idx, bool) or not isinstance(idx, numbers.Integral):
@@ -75,6 +81,7 @@ class Sequential(Module):
     def append(self, module: Module) -> Sequential:
         """Add ``module`` at the end (named ``str(len(self))``); returns self."""
         self.add_module(str(len(self)), module)
+        infer_image_shapes(self._named_layers())
         return self
 
     def forward(self, input: Any) -> Any:

@@ -450,7 +450,9 @@ class Module:
 
         Values may be Tensor2D or 2-D arrays of any dtype and backend (converted to the
         parameter's); a 1-D value of length n fills a (1, n) parameter (PyTorch stores biases
-        1-D). Nothing is copied unless every entry fits: a ``CheckpointError`` lists every
+        1-D), and a value of the shape a layer declares in ``checkpoint_shapes()`` fills its
+        parameter row-major (a ``Conv2d`` weight from PyTorch's ``(out, in, kh, kw)``). Nothing is
+        copied unless every entry fits: a ``CheckpointError`` lists every
         missing, unexpected (when ``strict``) and mis-shaped key. Returns
         ``(missing_keys, unexpected_keys)``.
         """
@@ -476,10 +478,15 @@ class Module:
                 + "\n  ".join(["entries of the wrong type (nothing was loaded):", *wrong_type])
             )
         mismatched: list[str] = []
+        declared = self._checkpoint_shapes()
         for key, value in entries.items():
             param = own[key]
             shape = tuple(int(s) for s in value.shape)
-            if shape != param.shape and not (len(shape) == 1 and param.nrows == 1 and shape[0] == param.ncols):
+            if (
+                shape != param.shape
+                and not (len(shape) == 1 and param.nrows == 1 and shape[0] == param.ncols)
+                and shape != declared.get(key)
+            ):
                 mismatched.append(f"{key}: the checkpoint has {_fmt(shape)}, the model has {_fmt(param.shape)}")
         problems: list[str] = []
         if strict and missing:
@@ -512,6 +519,16 @@ class Module:
                 own[key].copy_(value)
         return IncompatibleKeys(missing, unexpected)
 
+    def _checkpoint_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Other shapes the layers store parameters in (``checkpoint_shapes()``), by state-dict key."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for prefix, module in self.named_modules(remove_duplicate=False):
+            declared = getattr(module, "checkpoint_shapes", None)
+            if callable(declared):
+                for key, shape in declared().items():
+                    shapes[f"{prefix}.{key}" if prefix else key] = tuple(int(d) for d in shape)
+        return shapes
+
     @staticmethod
     def _converted(value: Any, param: Tensor2D) -> Tensor2D:
         """``value`` (a Tensor2D or an array from ``_entry``) with the parameter's shape, dtype and backend."""
@@ -519,8 +536,8 @@ class Module:
             if value.kernels is param.kernels and value.dtype == param.dtype:
                 return value
             return Tensor2D(value, dtype=param.dtype, backend=param.kernels)
-        if len(value.shape) == 1:
-            value = value.reshape(1, param.ncols)
+        if len(value.shape) != 2:  # a 1-D bias is a row; a conv weight (out, in, kh, kw) is (out, in*kh*kw)
+            value = value.reshape(param.nrows, param.ncols)
         return Tensor2D(value, dtype=param.dtype, backend=param.kernels)
 
     # -- conversion -----------------------------------------------------------------------------

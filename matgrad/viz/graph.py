@@ -175,8 +175,11 @@ def _module_label(module: Any, name: str) -> str:
     get_name = getattr(module, "_get_name", None)
     cls = str(get_name()) if callable(get_name) else type(module).__name__
     fan_in, fan_out = getattr(module, "in_features", None), getattr(module, "out_features", None)
+    image, output_shape = getattr(module, "image_shape", None), getattr(module, "output_shape", None)
     if isinstance(fan_in, int) and isinstance(fan_out, int):
         extra = f"{fan_in} -> {fan_out}" + ("" if getattr(module, "bias", True) is not None else ", no bias")
+    elif isinstance(image, tuple) and callable(output_shape):  # an image layer: C x H x W in and out
+        extra = f"{_image(image)} -> {_image(output_shape())}"
     else:
         extra_repr = getattr(module, "extra_repr", None)
         extra = str(extra_repr()) if callable(extra_repr) else ""
@@ -305,6 +308,50 @@ def _number(v: Any) -> str:
 
 def _shape(t: Tensor2D) -> str:
     return f"{t.nrows} x {t.ncols}"
+
+
+def _image(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+# Ops whose output holds its same-shaped input's images, value by value (for edge labels).
+_ELEMENTWISE = frozenset(
+    {"relu", "leaky_relu", "sigmoid", "tanh", "neg", "exp", "log", "sqrt", "abs", "pow", "dropout", "clone", "alias"}
+)
+
+
+def _image_shape(t: Tensor2D) -> tuple[int, int, int] | None:
+    """``(C, H, W)`` when ``t``'s rows are images: made by an image op (convolution, pooling),
+    perhaps through element-wise ops (the ReLU after a convolution)."""
+    for _ in range(64):
+        op = t._op
+        if op is None:
+            return None
+        image = getattr(op, "output_image", None)
+        if image is not None:
+            return image if math.prod(image) == t.ncols else None
+        if not (op.broadcast or op.name in _ELEMENTWISE):
+            return None
+        same = [x for x in getattr(op, "inputs", ()) if x.shape == t.shape]
+        if not same:
+            return None
+        t = same[-1]  # where(cond, a, b): the values, not the condition
+    return None
+
+
+def _edge_shape(t: Tensor2D) -> str:
+    """``64 x 784``, or ``64 x (16x12x12)`` for a batch of image rows."""
+    image = _image_shape(t)
+    return f"{t.nrows} x ({_image(image)})" if image else _shape(t)
+
+
+def _leaf_image(t: Tensor2D, consumer: Tensor2D | None) -> str | None:
+    """``1x28x28 images`` for a leaf whose rows an image op reads as images."""
+    window = getattr(consumer._op, "window", None) if consumer is not None else None
+    size = getattr(window, "image_size", None)
+    if size == t.ncols and consumer is not None and t in getattr(consumer._op, "inputs", ()):
+        return f"rows: {window.channels}x{window.height}x{window.width} images"  # type: ignore[union-attr]
+    return None
 
 
 def _stats(t: Tensor2D) -> tuple[float, float, float]:
@@ -471,7 +518,7 @@ def _draw_full(plan: _Plan, dot: graphviz.Digraph, show_values: bool, show_grad:
             for inp in t.inputs:
                 j = plan.pos[id(inp)]
                 if plan.kind[j] == "op":  # an intermediate tensor: the edge carries its shape
-                    edges.append((f"op{j}", f"op{i}", _shape(inp)))
+                    edges.append((f"op{j}", f"op{i}", _edge_shape(inp)))
                 else:
                     edges.append((f"t{j}", f"op{i}", ""))
         if kind == "op" and not is_root:
@@ -479,6 +526,10 @@ def _draw_full(plan: _Plan, dot: graphviz.Digraph, show_values: bool, show_grad:
         lines: list[str] = []
         if kind != "const":
             lines.append(f"{_shape(t)}, {t.dtype}")
+            if kind == "input" and plan.first_consumer[i] >= 0:
+                image = _leaf_image(t, plan.order[plan.first_consumer[i]])
+                if image:
+                    lines.append(image)
             if is_root and t.shape == (1, 1):
                 lines.append(f"= {_number(t.item())}")
             if kind == "input" and t.requires_grad:
@@ -493,7 +544,7 @@ def _draw_full(plan: _Plan, dot: graphviz.Digraph, show_values: bool, show_grad:
         nodes.append(_Node(f"t{i}", _html(title, lines, small), _style(node_kind, bad), place))
         used.update(("bad", node_kind) if bad else (node_kind,))
         if op is not None:
-            edges.append((f"op{i}", f"t{i}", _shape(t)))
+            edges.append((f"op{i}", f"t{i}", _edge_shape(t)))
     _emit(dot, nodes, edges, plan.module_label)
     return used
 
@@ -602,8 +653,8 @@ def _draw_collapsed(
                 continue
             link = links.setdefault((src, dst), [0, []])
             link[0] += 1
-            if _shape(tensor) not in link[1]:
-                link[1].append(_shape(tensor))
+            if _edge_shape(tensor) not in link[1]:
+                link[1].append(_edge_shape(tensor))
     edges = []
     for (src, dst), (count, shapes) in links.items():
         label = shapes[0] if len(shapes) == 1 else f"{len(shapes)} shapes"
