@@ -149,9 +149,7 @@ class Op(metaclass=_OpMeta):
         cls._has_check = any("check" in k.__dict__ for k in cls.__mro__ if k is not Op)
         cls._moves = any("result_backend" in k.__dict__ for k in cls.__mro__ if k is not Op)
         plain = not (cls._has_check or cls._moves or cls.views)
-        cls._kind = (
-            _BINARY if plain and cls.broadcast and cls.arity == 2 else _UNARY if plain and cls.arity == 1 else 0
-        )
+        cls._kind = _BINARY if plain and cls.broadcast and cls.arity == 2 else _UNARY if plain and cls.arity == 1 else 0
         cls._checks_saved = bool(cls.saves or cls.saves_output) or any(
             "check_saved" in k.__dict__ for k in cls.__mro__ if k is not Op
         )
