@@ -264,7 +264,10 @@ def _one(root: Tensor2D) -> Tensor2D:
     key = (root._backend, root.dtype)
     one = _ONES.get(key)
     if one is None:
-        one = _ONES[key] = _wrap(root._backend.full(1, 1, 1.0, root.dtype), root._backend)
+        be = root._backend
+        # the class's kernel, not a possibly patched instance's: a constant of the engine, made once,
+        # is not part of the step that happened to need it first (matgrad.compile records steps)
+        one = _ONES[key] = _wrap(type(be).full(be, 1, 1, 1.0, root.dtype), be)
     return one
 
 
