@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import numbers
+import operator
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
 
@@ -376,19 +377,19 @@ class Tensor2D:
         """The op's inputs, in order (empty for a leaf)."""
         return self._op.inputs if self._op is not None else ()
 
-    @property
-    def native(self) -> Any:
-        """The backend's own matrix holding the values (a NumPy array, a python-backend ``Matrix``).
+    # C-level getters (operator.attrgetter), not Python functions: optimisers read these per step.
+    native = property(
+        operator.attrgetter("_data"),
+        doc="""The backend's own matrix holding the values (a NumPy array, a python-backend ``Matrix``).
 
         The door to the kernel level, for optimisers, I/O and extensions: it shares storage, and
         an in-place change through it bypasses the version checks (call ``_mark_changed``).
-        """
-        return self._data
-
-    @property
-    def kernels(self) -> Backend:
-        """The backend object whose kernels work on ``native`` (``t.kernels.matmul(a, b)``)."""
-        return self._backend
+        """,
+    )
+    kernels = property(
+        operator.attrgetter("_backend"),
+        doc="The backend object whose kernels work on ``native`` (``t.kernels.matmul(a, b)``).",
+    )
 
     @classmethod
     def from_native(cls, data: Any, backend: str | Backend | None = None) -> Tensor2D:
@@ -530,7 +531,9 @@ class Tensor2D:
 
     def _mark_changed(self, how: str) -> None:
         """Count an in-place change of the storage (every alias sees it); ``how`` says what did it."""
-        vc = self._version_counter()
+        vc = self._vc
+        if vc is None:
+            vc = self._vc = Version()
         vc.count += 1
         vc.changed = how
         CHANGES[0] += 1

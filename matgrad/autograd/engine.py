@@ -324,7 +324,11 @@ def backward(
                     g = node.grad + g
                 taken.add(g._backend.storage(g._data))
             else:
-                g = _own(g, taken, create_graph)
+                key = g._backend.storage(g._data)
+                if key in taken:  # another leaf (or the seed) has this storage already: a copy
+                    g = _own(g, taken, create_graph)
+                else:
+                    taken.add(key)
             node.grad = g
         if not keep:
             _release(order)

@@ -97,14 +97,16 @@ class _GradMode:
     _mode: bool = True
 
     def __init__(self) -> None:
-        self._prev: list[bool] = []
+        self._prev: list[int] = []
 
     def __enter__(self) -> None:
-        self._prev.append(state.grad_enabled)
-        state.grad_enabled = self._mode
+        st = state
+        mode = st.mode
+        self._prev.append(mode)
+        st.mode = (mode | GRAD) if self._mode else (mode & ~GRAD)
 
     def __exit__(self, *exc: object) -> None:
-        state.grad_enabled = self._prev.pop()
+        state.mode = (state.mode & ~GRAD) | (self._prev.pop() & GRAD)
 
     def _fresh(self) -> _GradMode:
         return type(self)()
@@ -146,7 +148,7 @@ class set_grad_enabled(_GradMode):
         return enable_grad() if self._mode else no_grad()
 
     def __call__(self, fn: F) -> F:
-        state.grad_enabled = self._prev.pop()  # used as a decorator: undo the change made in __init__
+        state.grad_enabled = bool(self._prev.pop())  # used as a decorator: undo the change made in __init__
         return super().__call__(fn)
 
 

@@ -192,7 +192,22 @@ class Op(metaclass=_OpMeta):
             elif mode:
                 _record_slow(self, out, (a,), mode)
             return out
-        inputs = _operands(self, args)
+        inputs = args
+        if self.broadcast or not args or (self.arity != -1 and len(args) != self.arity):
+            inputs = _operands(self, args)
+        else:  # tensors on one backend with one dtype: checked here; anything else, and errors, in _checks
+            first = args[0]
+            if not isinstance(first, Tensor2D):
+                inputs = _operands(self, args)
+            else:
+                be, dt = first._backend, first._data.dtype
+                for t in args:
+                    if not isinstance(t, Tensor2D) or t._backend is not be or t._data.dtype != dt:
+                        inputs = _operands(self, args)
+                        break
+                else:
+                    if self.float_only and dt not in be.float_types:
+                        inputs = _operands(self, args)
         if self._has_check:
             self.check(*inputs)
         be = inputs[0]._backend
