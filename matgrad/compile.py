@@ -11,10 +11,14 @@ the same"):
 1. **Capture.** A call runs ``fn`` eagerly while every backend kernel it calls is recorded: the
    kernel, its constants, and where each matrix argument comes from (an input of this call, the
    result of an earlier kernel, or a matrix that outlives the call, such as a parameter's).
-   ``Optimizer.step``, ``zero_grad``, learning-rate schedulers and a ``DistributedDataParallel``'s
-   ``average_gradients`` are recorded as calls to make again, not as kernels, so their Python
-   state (step counts, learning rates) stays live; the ``.grad`` that ``backward`` leaves on
-   each parameter is recorded too. An in-place change that no kernel made (``set_``, a
+   An optimiser whose update depends only on its options and state tensors (``SGD``:
+   ``capturable``) has its kernels recorded too, and a replay first checks its options (the
+   learning rate) are unchanged; if they change between calls (a schedule), its ``step`` is
+   called again at every replay from then on instead. ``Optimizer.step`` of the others (Adam,
+   whose step counts change its constants), ``zero_grad``, learning-rate schedulers and a
+   ``DistributedDataParallel``'s ``average_gradients`` are recorded as calls to make again, so
+   their Python state stays live. The ``.grad`` that ``backward`` leaves on each parameter is
+   recorded too. An in-place change that no kernel made (``set_``, a
    collective on a tensor) makes the step run eagerly.
 2. **Validation.** The next call with the same signature is captured again. Only when two
    consecutive captures are identical (same kernels, same constants, the same persistent
@@ -47,7 +51,7 @@ from typing import Any, Callable, Sequence
 from matgrad import backends as _backends
 from matgrad._errors import ArgumentTypeError
 from matgrad.autograd import engine as _engine
-from matgrad.autograd.grad_mode import debug, state
+from matgrad.autograd.grad_mode import ANOMALY, debug, state
 from matgrad.backends.base import Backend
 from matgrad.tensor import Tensor2D, _wrap
 
@@ -129,6 +133,7 @@ class Trace:
     modules: list[tuple[Any, bool]] = field(default_factory=list)
     params: list[tuple[Tensor2D, Any]] = field(default_factory=list)
     names: dict[int, str] = field(default_factory=dict)  # id(external matrix) -> parameter name
+    options: list[tuple[Any, Any]] = field(default_factory=list)  # (optimiser, its groups' options): checked first
     problem: str = ""  # why this capture cannot be replayed ("" when it can)
 
 
@@ -172,6 +177,10 @@ def _same_trace(a: Trace, b: Trace) -> bool:
                 return False
         elif isinstance(x, MarkChanged) and (x.tensor != y.tensor or x.how != y.how):
             return False
+    if len(a.options) != len(b.options) or any(
+        x[0] is not y[0] or not _same(x[1], y[1]) for x, y in zip(a.options, b.options)
+    ):
+        return False
     return _same(a.output, b.output) and [(m, t) for m, t in a.modules] == [(m, t) for m, t in b.modules]
 
 
@@ -197,6 +206,8 @@ class _Recorder:
         self.mutated = False
         self.native_types: tuple[type, ...] = ()
         self.thread = threading.get_ident()  # other threads' kernels run, unrecorded
+        self.written: set[int] = set()  # matrices a recorded kernel changed in place
+        self.volatile: set[int] = set()  # optimisers whose options change between calls: called, not captured
 
     def ours(self) -> bool:
         return not self.depth and threading.get_ident() == self.thread
@@ -275,6 +286,8 @@ class _Recorder:
                     recorder.fail(f"{name}() read a value back into Python after a side effect of the step")
             if name in _MUTATING:
                 recorder.mutated = True
+                if args:
+                    recorder.written.add(id(args[0]))
             recorder.trace.items.append(item)
             return result
 
@@ -366,6 +379,16 @@ class _Capture:
 
         def wrapper(owner: Any, *args: Any, **kwargs: Any) -> Any:
             bound = functools.partial(original, owner)
+            if (
+                method == "step"
+                and getattr(owner, "capturable", False)
+                and id(owner) not in rec.volatile
+                and not args
+                and not kwargs
+                and rec.ours()
+            ):
+                rec.trace.options.append((owner, _options(owner)))  # its kernels are recorded, guarded
+                return bound()
             return rec.call(owner, method, bound, label.format(type(owner).__name__))(*args, **kwargs)
 
         setattr(cls, method, wrapper)
@@ -401,10 +424,7 @@ class _Capture:
         def mark(tensor: Tensor2D, how: str) -> None:
             original(tensor, how)
             if rec.ours():
-                last = rec.trace.items[-1] if rec.trace.items else None
-                if not (
-                    isinstance(last, Kernel) and last.name in _MUTATING and last.args[:1] == (rec.ref(tensor._data),)
-                ):
+                if id(tensor._data) not in rec.written:
                     # set_, a collective or a NumPy write: a change no recorded kernel made
                     rec.fail(f"{how} changed a tensor in place without a kernel the plan could replay")
                 rec.trace.items.append(MarkChanged(rec.tensor_ref(tensor), how))
@@ -415,6 +435,14 @@ class _Capture:
     def __exit__(self, *exc: object) -> None:
         while self.undo:
             self.undo.pop()()
+
+
+def _options(optimizer: Any) -> list[tuple[tuple[int, ...], dict[str, Any]]]:
+    """An optimiser's groups as (parameter ids, options): what a replay of its kernels assumes."""
+    return [
+        (tuple(id(p) for p in g["params"]), {k: v for k, v in g.items() if k != "params"})
+        for g in optimizer.param_groups
+    ]
 
 
 def _restore(be: Backend, names: Sequence[str]) -> None:
@@ -621,18 +649,36 @@ def _leaf_name(t: Trace, leaf: Ref, names: dict[str, str]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _describe_arg(a: Any) -> tuple[Any, str]:
-    """A hashable key for one argument, and how it prints."""
-    if isinstance(a, Tensor2D):
-        return (
-            ("T", a.shape, a.dtype, a._backend.spec, a.requires_grad),  # the device too: torch:cuda:0
-            f"{a.nrows}x{a.ncols} {a.dtype} {a._backend.label}",
-        )
-    if isinstance(a, (int, float, str, bool, type(None))):
-        return ("V", type(a).__name__, a), repr(a)
-    raise ArgumentTypeError(
-        f"matgrad.compile: an argument of type {type(a).__name__}; a compiled function takes Tensor2D "
-        "arguments (and plain numbers, strings or None, which are part of its signature)"
+def _key(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What a plan is specific to: each argument's kind, shape, dtype, backend (device included) and
+    ``requires_grad`` (a tensor) or value (a number), which arguments share storage, and grad mode.
+
+    Read on every call, so built from raw attributes (a backend object stands for its device).
+    """
+    parts: list[Any] = []
+    datas: list[int] = []
+    for a in args:
+        if isinstance(a, Tensor2D):
+            d = a._data
+            key = id(d)
+            parts.append((d.shape, d.dtype, a._backend, a.requires_grad, datas.index(key) if key in datas else -1))
+            datas.append(key)
+        elif isinstance(a, (int, float, str, bool, type(None))):
+            parts.append((type(a), a))
+            datas.append(-1)
+        else:
+            raise ArgumentTypeError(
+                f"matgrad.compile: an argument of type {type(a).__name__}; a compiled function takes Tensor2D "
+                "arguments (and plain numbers, strings or None, which are part of its signature)"
+            )
+    parts.append(state.mode)
+    return tuple(parts)
+
+
+def _describe(args: tuple[Any, ...]) -> str:
+    """How the signature prints: ``64x784 float32 numpy, 64x1 int64 numpy``."""
+    return ", ".join(
+        f"{a.nrows}x{a.ncols} {a.dtype} {a._backend.label}" if isinstance(a, Tensor2D) else repr(a) for a in args
     )
 
 
@@ -654,6 +700,7 @@ class CompiledFunction:
         self.fn = fn
         self._entries: dict[Any, _Entry] = {}
         self._last: _Entry | None = None
+        self._volatile: set[int] = set()  # ids of optimisers seen changing options (a schedule)
         self.stats = {"eager": 0, "captured": 0, "replayed": 0, "fallbacks": 0}
         functools.update_wrapper(self, fn)
 
@@ -673,11 +720,8 @@ class CompiledFunction:
         self._last = None
 
     def __call__(self, *args: Any) -> Any:
-        described = [_describe_arg(a) for a in args]
-        datas = [id(a._data) if isinstance(a, Tensor2D) else None for a in args]
-        sharing = tuple(datas.index(d) if d is not None else -1 for d in datas)  # arguments sharing storage
-        key = (tuple(k for k, _ in described), sharing, state.grad_enabled)
-        if state.anomaly or debug.on:
+        key = _key(args)
+        if key[-1] & ANOMALY or debug.on:
             self.stats["eager"] += 1
             return self.fn(*args)
         entry = self._entries.get(key)
@@ -695,12 +739,13 @@ class CompiledFunction:
                 return result
             self.stats["fallbacks"] += 1
             entry.plan, entry.previous, entry.captures = None, None, 0
-        signature = f"{getattr(self.fn, '__name__', 'fn')}({', '.join(text for _, text in described)})"
+        signature = f"{getattr(self.fn, '__name__', 'fn')}({_describe(args)})"
         return self._capture(entry, args, signature)
 
     def _capture(self, entry: _Entry, args: tuple[Any, ...], signature: str) -> Any:
         inputs = [a._data if isinstance(a, Tensor2D) else None for a in args]
         rec = _Recorder(inputs)
+        rec.volatile = self._volatile
         rec.input_objects = {id(a): i for i, a in enumerate(args) if isinstance(a, Tensor2D)}
         with _capture_lock, _Capture(rec) as capture:
             result = self.fn(*args)
@@ -712,6 +757,11 @@ class CompiledFunction:
         for m, _ in trace.modules:  # outermost module first: its names ("0.weight") win
             for name, p in _named(m):
                 trace.names.setdefault(id(p._data), name)
+        for optimizer, _ in trace.options:  # its state tensors, after their parameter: 0.weight.momentum_buffer
+            for p, entries in getattr(optimizer, "state", {}).items():
+                for key, value in entries.items():
+                    if isinstance(value, Tensor2D) and id(p._data) in trace.names:
+                        trace.names.setdefault(id(value._data), f"{trace.names[id(p._data)]}.{key}")
         self.stats["captured"] += 1
         entry.captures += 1
         if trace.problem:
@@ -747,6 +797,10 @@ class CompiledFunction:
                 return _FALLBACK
         for p, data in t.params:
             if p._data is not data:
+                return _FALLBACK
+        for optimizer, options in t.options:  # a changed learning rate: capture again, never replay stale
+            if not _same(_options(optimizer), options):
+                self._volatile.add(id(optimizer))  # from now on its step is called again, not replayed
                 return _FALLBACK
         inputs = [a._data if isinstance(a, Tensor2D) else None for a in args]
         inputs += [a for a in reversed(args)]  # inputs[-i-1]: the i-th argument itself (a leaf's .grad)

@@ -58,14 +58,16 @@ def test_100_steps_equal_eager_to_the_last_bit(backend: str, opt: str) -> None:
     losses, params, step = _run(backend, True, steps, opt=opt)
     assert losses == eager_losses
     assert params == eager_params
-    assert step.stats["replayed"] == steps - 2 and step.stats["captured"] == 2
+    # SGD with momentum: the first capture also creates the momentum buffers, so it differs
+    assert step.stats["captured"] == (3 if opt == "sgd" else 2)
+    assert step.stats["replayed"] == steps - step.stats["captured"]
 
 
 def test_dropout_draws_the_same_random_numbers(backend: str) -> None:
     eager_losses, eager_params, _ = _run(backend, False, 12, dropout=0.5)
     losses, params, step = _run(backend, True, 12, dropout=0.5)
     assert losses == eager_losses and params == eager_params
-    assert step.stats["replayed"] == 10
+    assert step.stats["replayed"] == 12 - step.stats["captured"] >= 9
 
 
 def test_gradients_are_left_on_the_parameters(backend: str) -> None:
@@ -74,7 +76,7 @@ def test_gradients_are_left_on_the_parameters(backend: str) -> None:
     batches = _batches(backend, 4)
     for xb, yb in batches:
         step(xb, yb)
-    assert step.stats["replayed"] == 2
+    assert step.stats["replayed"] == 1
     grads = [p.grad.tolist() for p in model.parameters()]
     model2, _, eager = _setup(backend)
     for xb, yb in batches:
@@ -121,7 +123,9 @@ def test_replaced_parameters_are_not_replayed(backend: str) -> None:
     batches = _batches(backend, 3)
     for xb, yb in batches:
         step(xb, yb)
-    assert step.stats["replayed"] == 1
+    for xb, yb in batches:
+        step(xb, yb)
+    assert step.stats["replayed"] == 3
     model.double().float()  # new storage for every parameter
     xb, yb = batches[0]
     before = step.stats["fallbacks"]
@@ -180,7 +184,7 @@ def test_the_value_guard_catches_a_data_dependent_branch(backend: str) -> None:
     assert step.stats["fallbacks"] >= 1
 
 
-def test_learning_rate_schedules_stay_live(backend: str) -> None:
+def _scheduled(backend: str) -> tuple[Any, Any]:
     model, optimizer, _ = _setup(backend)
     schedule = optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
 
@@ -192,11 +196,31 @@ def test_learning_rate_schedules_stay_live(backend: str) -> None:
         schedule.step()
         return loss
 
+    return optimizer, train_step
+
+
+def test_learning_rate_schedules_stay_live(backend: str) -> None:
+    optimizer, train_step = _scheduled(backend)
     step = mg.compile(train_step)
-    for xb, yb in _batches(backend, 8):
-        step(xb, yb)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**4)
-    assert step.stats["replayed"] == 6
+    batches = _batches(backend, 8) * 2
+    losses = [step(xb, yb).item() for xb, yb in batches]
+    _, eager = _scheduled(backend)
+    assert losses == [eager(xb, yb).item() for xb, yb in batches]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**8)
+    # the learning rate changing every other call: SGD's kernels are captured, then its step is
+    # called again instead once a replay sees the options change
+    assert step.stats["fallbacks"] == 1 and step.stats["replayed"] >= 8
+
+
+def test_a_learning_rate_changed_by_hand_is_never_replayed_stale(backend: str) -> None:
+    _, optimizer, train_step = _setup(backend)
+    step = mg.compile(train_step)
+    _, opt2, eager = _setup(backend)
+    for k, (xb, yb) in enumerate(_batches(backend, 10)):
+        if k == 6:
+            optimizer.param_groups[0]["lr"] = opt2.param_groups[0]["lr"] = 0.2
+        assert step(xb, yb).item() == eager(xb, yb).item()
+    assert step.stats["fallbacks"] == 1
 
 
 class Cube(mg.Function):
@@ -247,7 +271,8 @@ def test_the_plan_prints_its_kernels_with_shapes() -> None:
     text = str(step.plan)
     assert text.startswith("plan of train_step(16x12 float32 numpy, 16x1 int64 numpy):")
     assert "= matmul(xb, 0.weight, False, True, 0.bias)" in text
-    assert "v0: 16x16 float32" in text and "call SGD.step()" in text and "0.weight.grad = " in text
+    assert "v0: 16x16 float32" in text and "0.weight.grad = " in text
+    assert "axpy(0.weight, " in text and "= mul(0.weight.momentum_buffer, 0.9)" in text  # SGD's update, replayed
 
 
 def test_anomaly_and_debug_modes_run_eagerly() -> None:
@@ -319,7 +344,7 @@ def test_other_threads_are_not_recorded_while_capturing() -> None:
         stop.set()
         thread.join()
     assert seen and set(seen) == {3.0}
-    assert step.stats["replayed"] == 4
+    assert step.stats["replayed"] == 6 - step.stats["captured"] >= 3
 
 
 def test_an_in_place_change_without_a_kernel_runs_eagerly(backend: str) -> None:

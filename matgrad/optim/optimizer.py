@@ -46,6 +46,10 @@ class Optimizer:
     param_groups: list[dict[str, Any]]
     state: dict[Tensor2D, dict[str, Any]]
 
+    capturable: ClassVar[bool] = False
+    """True when a step's kernels depend only on the group options and the state tensors (SGD),
+    so ``matgrad.compile`` can replay them, checking the options first; otherwise it calls
+    ``step()`` again at every replay (Adam: its step counts change the constants every step)."""
     _state_kinds: ClassVar[dict[str, str]] = {}
     """Per-parameter state entries and what ``load_state_dict`` accepts for each: ``"tensor"``
     (the parameter's shape), ``"tensor or None"``, ``"count"`` (an int >= 0); others are copied."""

@@ -18,6 +18,8 @@ class SGD(Optimizer):
     ``maximize=True`` ascends (``g = -grad``). Exactly ``torch.optim.SGD``.
     """
 
+    capturable = True  # no per-step constants: matgrad.compile replays the update's kernels
+
     def __init__(
         self,
         params: ParamsT,
