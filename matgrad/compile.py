@@ -445,6 +445,27 @@ def _options(optimizer: Any) -> list[tuple[tuple[int, ...], dict[str, Any]]]:
     ]
 
 
+def _options_unchanged(optimizer: Any, snapshot: list[tuple[tuple[int, ...], dict[str, Any]]]) -> bool:
+    """``_options(optimizer) == snapshot``, without building the new one (a replay checks it every call)."""
+    groups = optimizer.param_groups
+    if len(groups) != len(snapshot):
+        return False
+    for g, (ids, options) in zip(groups, snapshot):
+        params = g["params"]
+        if len(params) != len(ids) or len(g) != len(options) + 1:
+            return False
+        for k, v in options.items():
+            if g.get(k, _MISSING) != v:
+                return False
+        for p, i in zip(params, ids):
+            if id(p) != i:
+                return False
+    return True
+
+
+_MISSING = object()
+
+
 def _restore(be: Backend, names: Sequence[str]) -> None:
     for name in names:
         be.__dict__.pop(name, None)
@@ -799,7 +820,7 @@ class CompiledFunction:
             if p._data is not data:
                 return _FALLBACK
         for optimizer, options in t.options:  # a changed learning rate: capture again, never replay stale
-            if not _same(_options(optimizer), options):
+            if not _options_unchanged(optimizer, options):
                 self._volatile.add(id(optimizer))  # from now on its step is called again, not replayed
                 return _FALLBACK
         inputs = [a._data if isinstance(a, Tensor2D) else None for a in args]
