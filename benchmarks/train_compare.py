@@ -23,6 +23,8 @@ one epoch of the training loop only:
 - matgrad-compiled: the same step wrapped in ``matgrad.compile`` (captured on its first calls,
   replayed after; the ``--gather wrap`` loop only).
 - numpy-reference: ``benchmarks/reference_numpy.py`` (manual backward, buffers reused, in place).
+- numpy-reference-fresh (on request): the same reference with ``fresh=True``, every result a new
+  array and no gradient scaled in place (the reference of the performance issue's wording).
 - torch: ``torch.nn.Sequential(Linear, ReLU, ..., Linear)``, ``F.cross_entropy``,
   ``torch.optim.SGD``; the gather is tensor indexing ``X_t[perm_t[lo:hi]]`` (no DataLoader).
 - matgrad-torch (on request, ``--frameworks``): matgrad's torch backend on the CPU (the Array API
@@ -65,7 +67,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench
 
 FRAMEWORKS = ("matgrad-numpy", "matgrad-compiled", "numpy-reference", "torch")
-EXTRA = ("matgrad-torch", "matgrad-array-api-numpy")  # run only when --frameworks names them
+EXTRA = ("matgrad-torch", "matgrad-array-api-numpy", "numpy-reference-fresh")  # run only when --frameworks names them
 PYTHON = "matgrad-python"
 DEFAULT_MODELS = "784-128-10,784-256-128-10"
 
@@ -169,10 +171,10 @@ def _matgrad_trainer(
     return {"load": load, "params": params, "epoch": epoch}
 
 
-def _reference_trainer(args: argparse.Namespace, x: Any, y: Any) -> dict[str, Callable[..., Any]]:
+def _reference_trainer(args: argparse.Namespace, x: Any, y: Any, fresh: bool = False) -> dict[str, Callable[..., Any]]:
     import reference_numpy as ref
 
-    model = ref.NumpyMLP(ref.init_params(args.sizes, 0), args.lr, args.batch_size)
+    model = ref.NumpyMLP(ref.init_params(args.sizes, 0), args.lr, args.batch_size, fresh=fresh)
     bs = args.batch_size
 
     def epoch(perm: Any) -> None:
@@ -257,8 +259,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     elif fw == "matgrad-array-api-numpy":
         trainer = _matgrad_trainer(args, fw, x, y)
         n = n_total
-    elif fw == "numpy-reference":
-        trainer = _reference_trainer(args, x, y)
+    elif fw in ("numpy-reference", "numpy-reference-fresh"):
+        trainer = _reference_trainer(args, x, y, fresh=fw == "numpy-reference-fresh")
         n = n_total
     elif fw == "torch":
         trainer = _torch_trainer(args, x, y)
@@ -508,6 +510,9 @@ def _aggregate(
     pairs = [
         ("matgrad-numpy", "numpy-reference"),
         ("matgrad-compiled", "numpy-reference"),
+        ("matgrad-numpy", "numpy-reference-fresh"),
+        ("matgrad-compiled", "numpy-reference-fresh"),
+        ("numpy-reference-fresh", "numpy-reference"),
         ("matgrad-numpy", "torch"),
         ("torch", "numpy-reference"),
         ("matgrad-array-api-numpy", "numpy-reference"),

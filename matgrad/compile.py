@@ -27,7 +27,11 @@ the same"):
 3. **Replay.** Later calls with the same signature (shapes, dtypes, backends of the tensors,
    Python values of the other arguments, grad mode) run the plan: straight-line code generated
    for it, calling the same kernels in the same order on the new inputs, with no graph, no
-   operand checks, and each intermediate freed after its last use. Before running, it checks
+   operand checks, and each intermediate freed after its last use. Where the backend's kernels
+   can write into a given array (NumPy's ``out=``), an intermediate nothing outside can see (not
+   returned, not a ``.grad``, not viewed by another result) is written into a buffer the plan
+   owns, reused by every call and shared by results whose lifetimes do not overlap; the same
+   kernels write the same bits there. Before running, it checks
    that every module that ran is in the same train/eval mode and every parameter still has the
    storage it had; values the step read back into Python (``tolist``) are compared as it goes.
    Any difference falls back to a new capture: never a wrong result.
@@ -134,6 +138,7 @@ class Trace:
     params: list[tuple[Tensor2D, Any]] = field(default_factory=list)
     names: dict[int, str] = field(default_factory=dict)  # id(external matrix) -> parameter name
     options: list[tuple[Any, Any]] = field(default_factory=list)  # (optimiser, its groups' options): checked first
+    viewed: set[int] = field(default_factory=set)  # slots another result shares memory with: never buffered
     problem: str = ""  # why this capture cannot be replayed ("" when it can)
 
 
@@ -247,6 +252,15 @@ class _Recorder:
         position = self.input_objects.get(id(t))
         return Ref("in", position) if position is not None else Ref("obj", self.obj(t))
 
+    def note_views(self, backend: Backend, result: Any) -> None:
+        """A result sharing memory with an earlier result (a view, or the matrix itself): that slot's
+        memory is seen beyond its own uses, so a plan never gives it a reused buffer."""
+        for r in result if isinstance(result, tuple) else (result,):
+            if isinstance(r, self.native_types):
+                base = self.slots.get(backend.storage(r))
+                if base is not None:
+                    self.trace.viewed.add(base)
+
     def new_slot(self, value: Any) -> int:
         k = self.trace.n_slots
         self.trace.n_slots += 1
@@ -274,6 +288,8 @@ class _Recorder:
             finally:
                 recorder.depth -= 1
             item = Kernel(backend, name, refs, krefs, None)
+            if backend.buffered:
+                recorder.note_views(backend, result)
             if isinstance(result, recorder.native_types):
                 item.outs = (recorder.new_slot(result),)
                 item.shapes = ((tuple(result.shape), backend.dtype(result)),)  # type: ignore[attr-defined]
@@ -487,12 +503,19 @@ class Plan:
         self.trace = trace
         self.signature = signature
         self.arg_names = arg_names
-        self.run = self._generate()
+        self.last_use = self._last_use()
+        self.into, self.buffers = self._allocate()
+        self.run = self._generate({}, {})
+        self.plain_source = self.source
+        # The same code writing into the plan's buffers: one replay at a time may use them (a
+        # second thread replaying meanwhile runs ``run``, allocating as eager does).
+        self.run_buffered = self._generate(self.into, self.buffers) if self.into else None
+        self.lock = threading.Lock()
         self.replays = 0
 
-    def _generate(self) -> Callable[..., Any]:
+    def _last_use(self) -> dict[int, int]:
+        """Each slot's last reader: an item's position, or ``len(items)`` for the return value."""
         t = self.trace
-        env: dict[str, Any] = {"_Bail": _Bail, "_wrap": _wrap, "_same": _same, "_freeze": _freeze}
         last_use: dict[int, int] = {}
         for pos, item in enumerate(t.items):
             for ref in _refs(item):
@@ -501,6 +524,69 @@ class Plan:
         for ref in _refs_of(t.output):
             if ref.kind == "slot":
                 last_use[ref.index] = len(t.items)
+        return last_use
+
+    def _allocate(self) -> tuple[dict[int, str], dict[str, Any]]:
+        """Buffers the plan owns, reused from one replay to the next and between results whose
+        lifetimes do not overlap: ``({item position: "out=bN" or "work=bN"}, {"bN": matrix})``.
+
+        A result gets a buffer only where the plan proves nothing outside can see it: not returned,
+        not left as a ``.grad``, and no other result a view of it (each kernel's ``buffered``
+        keyword says it may write there). A buffer is free again after its result's last reader,
+        and never given to a kernel that also reads it.
+        """
+        t = self.trace
+        escaping = set(t.viewed) | {r.index for r in _refs_of(t.output) if r.kind == "slot"}
+        for item in t.items:
+            if isinstance(item, SetGrads):
+                escaping |= {g.index for _, g, _ in item.leaves if g is not None and g.kind == "slot"}
+        dying: dict[int, list[int]] = {}
+        for slot, pos in self.last_use.items():
+            dying.setdefault(pos, []).append(slot)
+        free: dict[Any, list[str]] = {}
+        kind_of: dict[str, Any] = {}
+        buffers: dict[str, Any] = {}
+        owner: dict[int, str] = {}  # slot -> its buffer
+        layout: dict[int, tuple[tuple[int, ...], str]] = {}
+        into: dict[int, str] = {}
+
+        def take(backend: Backend, shape: tuple[int, ...], dtype: str) -> str:
+            kind = (id(backend), shape, dtype)
+            if free.get(kind):
+                return free[kind].pop()
+            name = f"b{len(buffers)}"
+            buffers[name] = backend.full(shape[0], shape[1], 0.0, dtype)
+            kind_of[name] = kind
+            return name
+
+        for pos, item in enumerate(t.items):
+            released: list[str] = []
+            if isinstance(item, Kernel) and item.outs is not None:
+                layout.update(zip(item.outs, item.shapes))
+            keyword = item.backend.buffered.get(item.name) if isinstance(item, Kernel) else None
+            if keyword == "out" and item.outs is not None and len(item.outs) == 1 and item.outs[0] not in escaping:
+                shape, dtype = item.shapes[0]
+                if len(shape) == 2:
+                    owner[item.outs[0]] = name = take(item.backend, shape, dtype)
+                    into[pos] = f"out={name}"
+                    if item.outs[0] not in self.last_use:  # never read: free at once
+                        released.append(name)
+            elif keyword == "work" and len(item.args) > 2 and item.args[2] not in (1, -1):  # axpy scales by alpha
+                source = item.args[1]
+                if isinstance(source, Ref) and source.kind == "slot" and len(layout[source.index][0]) == 2:
+                    name = take(item.backend, *layout[source.index])
+                    into[pos] = f"work={name}"
+                    released.append(name)
+            released += [owner[k] for k in dying.get(pos, ()) if k in owner]
+            for name in released:
+                free.setdefault(kind_of[name], []).append(name)
+        self.buffer_of = dict(owner)  # slot -> the buffer its result is written into
+        return into, buffers
+
+    def _generate(self, into: dict[int, str], buffers: dict[str, Any]) -> Callable[..., Any]:
+        t = self.trace
+        env: dict[str, Any] = {"_Bail": _Bail, "_wrap": _wrap, "_same": _same, "_freeze": _freeze, **buffers}
+        last_use = self.last_use
         lines = ["def replay(inputs, objects, committed):"]
         first_unsafe = next((pos for pos, item in enumerate(t.items) if _unsafe(item)), None)
         for k in range(len(t.externals)):
@@ -511,7 +597,10 @@ class Plan:
             if isinstance(item, Kernel):
                 fn = f"k{pos}"
                 env[fn] = getattr(type(item.backend), item.name).__get__(item.backend)
-                args = ", ".join([*map(_source, item.args), *(f"{k}={_source(v)}" for k, v in item.kwargs.items())])
+                args = ", ".join(
+                    [*map(_source, item.args), *(f"{k}={_source(v)}" for k, v in item.kwargs.items())]
+                    + ([into[pos]] if pos in into else [])
+                )
                 call = f"{fn}({args})"
                 if item.outs is None:
                     if item.observes:
@@ -549,7 +638,10 @@ class Plan:
     def __str__(self) -> str:
         t = self.trace
         names = {**{f"in{i}": n for i, n in enumerate(self.arg_names)}}
-        out = [f"plan of {self.signature}: {sum(isinstance(i, Kernel) for i in t.items)} kernels"]
+        header = f"plan of {self.signature}: {sum(isinstance(i, Kernel) for i in t.items)} kernels"
+        if self.buffers:
+            header += f", {len(self.buffers)} buffers reused by every call"
+        out = [header]
 
         def show(ref: Any) -> str:
             if isinstance(ref, Ref):
@@ -568,18 +660,21 @@ class Plan:
                 return f"{ref:g}"
             return repr(ref)
 
-        for item in t.items:
+        for pos, item in enumerate(t.items):
             if isinstance(item, Kernel):
                 args = ", ".join([*map(show, item.args), *(f"{k}={show(v)}" for k, v in item.kwargs.items())])
+                buffer = self.into.get(pos, "")
+                kind, _, name = buffer.partition("=")
+                note = f"  [{'in' if kind == 'out' else 'scratch'} {name}]" if buffer else ""
                 if item.outs is None:
                     prefix = "  check " if item.observes else "  "
-                    out.append(f"{prefix}{item.name}({args})")
+                    out.append(f"{prefix}{item.name}({args}){note}")
                 else:
                     results = ", ".join(
                         f"v{k}: {'x'.join(map(str, shape))} {dtype}"
                         for k, (shape, dtype) in zip(item.outs, item.shapes)
                     )
-                    out.append(f"  {results} = {item.name}({args})")
+                    out.append(f"  {results} = {item.name}({args}){note}")
             elif isinstance(item, Call):
                 out.append(f"  call {item.label}")
             elif isinstance(item, SetGrads):
@@ -827,7 +922,13 @@ class CompiledFunction:
         inputs += [a for a in reversed(args)]  # inputs[-i-1]: the i-th argument itself (a leaf's .grad)
         committed = [False]
         try:
-            result = plan.run(inputs, t.objects, committed)
+            if plan.run_buffered is not None and plan.lock.acquire(blocking=False):
+                try:
+                    result = plan.run_buffered(inputs, t.objects, committed)
+                finally:
+                    plan.lock.release()
+            else:
+                result = plan.run(inputs, t.objects, committed)
         except _Bail:
             return _FALLBACK
         except Exception:

@@ -377,3 +377,141 @@ def test_in_place_methods_are_replayed(backend: str) -> None:
     outs = [step(mg.Tensor2D([[1.0, float(k)]], backend=backend)).tolist() for k in range(5)]
     assert outs[-1] == [[10.0, 20.0]] and acc.tolist() == [[10.0, 20.0]]
     assert step.stats["replayed"] == 3 and acc._version == 5
+
+
+# -- buffers the plan owns ------------------------------------------------------------------------
+
+
+def _slots_read(item: Any) -> set[int]:
+    from matgrad.compile import _refs
+
+    return {r.index for r in _refs(item) if r.kind == "slot"}
+
+
+def test_intermediates_are_written_into_reused_buffers() -> None:
+    """Every result nothing outside can see gets a buffer; buffers are shared between results whose
+    lifetimes do not overlap, and no kernel writes into a buffer it also reads."""
+    from matgrad.compile import Kernel
+
+    _, _, train_step = _setup("numpy", opt="sgd")
+    step = mg.compile(train_step)
+    for xb, yb in _batches("numpy", 4):
+        step(xb, yb)
+    plan = step.plan
+    assert plan is not None and plan.run_buffered is not None
+    assert "buffers reused by every call" in str(plan) and "[in b" in str(plan) and "[scratch b" in str(plan)
+    items = plan.trace.items
+    assert len(plan.buffer_of) > len(set(plan.buffer_of.values()))  # some buffer serves two results
+    for pos, spec in plan.into.items():
+        item = items[pos]
+        assert isinstance(item, Kernel)
+        name = spec.split("=")[1]
+        # the buffer is not the memory of anything this kernel reads
+        assert all(plan.buffer_of.get(k) != name for k in _slots_read(item)), str(plan)
+        if spec.startswith("out="):
+            (slot,) = item.outs
+            # and no result still alive at this point lives in it
+            for other, other_name in plan.buffer_of.items():
+                if other != slot and other_name == name:
+                    born = next(p for p, it in enumerate(items) if isinstance(it, Kernel) and other in (it.outs or ()))
+                    assert plan.last_use.get(other, born) < pos or born > plan.last_use.get(slot, pos)
+
+
+def test_buffered_and_plain_replays_agree_to_the_last_bit() -> None:
+    losses = {}
+    for buffered in (True, False):
+        model, _, train_step = _setup("numpy")
+        step = mg.compile(train_step)
+        batches = _batches("numpy", 10)
+        out = []
+        for i in range(40):
+            if step.plan is not None and not buffered:
+                step.plan.run_buffered = None
+            out.append(step(*batches[i % 10]).item())
+        losses[buffered] = (out, [p.tolist() for p in model.parameters()])
+        assert step.stats["replayed"] == 37
+    assert losses[True] == losses[False]
+
+
+def test_results_that_escape_never_share_a_buffer() -> None:
+    """The return value, the gradients left on parameters and anything viewing an intermediate stay
+    the caller's: a later call must not overwrite them."""
+    w = mg.Tensor2D([[0.5, -1.0, 2.0]], requires_grad=True)
+
+    def f(x: mg.Tensor2D) -> tuple[mg.Tensor2D, mg.Tensor2D]:
+        h = (x * w).relu()  # maximum: a kernel that could write into a buffer
+        flat = h.reshape(3, 1)  # a view of h, returned: h must not live in a reused buffer
+        loss = (h * h).sum()
+        w.grad = None
+        loss.backward()
+        return loss, flat
+
+    step = mg.compile(f)
+    xs = [mg.Tensor2D([[float(k), 1.0 + k, 2.0]]) for k in range(6)]
+    results = [step(x) for x in xs]
+    grads = []
+    for x in xs:
+        step(x)
+        grads.append(w.grad)
+    assert step.stats["replayed"] >= 8
+    for x, (loss, flat), g in zip(xs, results, grads):
+        h = [max(a * b, 0.0) for a, b in zip(x.tolist()[0], w.tolist()[0])]
+        assert flat.tolist() == [[v] for v in h]
+        assert loss.item() == pytest.approx(sum(v * v for v in h))
+        assert g.tolist() == [[2 * v * a for v, a in zip(h, x.tolist()[0])]]
+
+
+def test_a_replay_from_a_second_thread_does_not_share_the_buffers() -> None:
+    """While one replay holds the plan's buffers, another (a second thread) runs the plain code."""
+    _, _, train_step = _setup("numpy")
+    _, _, eager = _setup("numpy")
+    step = mg.compile(train_step)
+    batches = _batches("numpy", 8)
+    for xb, yb in batches[:3]:
+        assert step(xb, yb).item() == eager(xb, yb).item()
+    plan = step.plan
+    assert plan is not None and plan.run_buffered is not None
+    used = []
+    original = plan.run
+    plan.run = lambda *a: used.append(1) or original(*a)
+    with plan.lock:  # as if another thread were replaying now
+        for xb, yb in batches[3:5]:
+            assert step(xb, yb).item() == eager(xb, yb).item()
+    assert len(used) == 2
+    for xb, yb in batches[5:]:
+        assert step(xb, yb).item() == eager(xb, yb).item()
+    assert len(used) == 2 and step.stats["replayed"] == 5
+
+
+def test_every_buffered_numpy_kernel_gives_the_same_bits_into_a_buffer() -> None:
+    np = pytest.importorskip("numpy")
+    be = mg.backends.get("numpy")
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 7)).astype(np.float32)
+    b = rng.standard_normal((5, 7)).astype(np.float32)
+    a[0, 0] = np.inf  # keep's other path
+    mask = (b > 0).astype(np.float32)
+    probs = np.abs(b) / np.abs(b).sum(axis=1, keepdims=True)
+    targets = np.array([[1], [0], [6], [3], [3]])
+    calls = {
+        "add": ((a, b), ()),
+        "sub": ((a, 2.5), ()),
+        "mul": ((b, a[:1]), ()),
+        "maximum": ((a, 0.0), ()),
+        "compare": (("gt", b, 0.0), ()),
+        "keep": ((a, mask), ()),
+        "matmul": ((a[:, 1:], b[:, 1:], True, False, None), ()),
+        "softmax_xent_grad": ((probs, targets, 0.2), ()),
+        "sum": ((b, 0), ()),
+    }
+    assert set(be.buffered) == {*calls, "axpy"}
+    for name, (args, _) in calls.items():
+        want = getattr(be, name)(*args)
+        buffer = np.full(want.shape, np.nan, want.dtype)
+        got = getattr(be, name)(*args, out=buffer)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), name
+    for alpha in (-0.1, 1.0, -1.0, 3.0):
+        fresh, reused = a.copy(), a.copy()
+        be.axpy(fresh, b, alpha)
+        be.axpy(reused, b, alpha, work=np.empty_like(b))
+        assert fresh.tobytes() == reused.tobytes()

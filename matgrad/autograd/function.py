@@ -284,7 +284,11 @@ class Function:
             got = (
                 type(result).__name__
                 if single or not isinstance(outs, (tuple, list))
-                else ("an empty tuple" if not outs else f"a tuple holding {', '.join(type(o).__name__ for o in outs)}")
+                else (
+                    f"an empty {type(outs).__name__}"
+                    if not outs
+                    else f"a {type(outs).__name__} holding {', '.join(type(o).__name__ for o in outs)}"
+                )
             )
             raise ArgumentTypeError(
                 f"{cls.__name__}.forward (defined at {_defined_at(cls.forward)}) returned {got}; "

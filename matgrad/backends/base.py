@@ -21,7 +21,8 @@ Conventions shared by every kernel:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Literal, NamedTuple, Sequence, Union
+from types import MappingProxyType
+from typing import Any, Literal, Mapping, NamedTuple, Sequence, Union
 
 Data = Any
 """A backend's native matrix: ``backends.python.Matrix`` or a 2-D ``numpy.ndarray``."""
@@ -89,6 +90,10 @@ class Backend(ABC):
     """Where the matrices live, in the library's words: ``"cpu"``, ``"cuda:0"``, ``"device1"``."""
     float_types: frozenset[Any] = frozenset()
     """The raw ``dtype`` values (``a.dtype``) of floating matrices, for cheap checks in hot paths."""
+    buffered: Mapping[str, str] = MappingProxyType({})
+    """Kernels that accept a buffer they may write into, by the keyword that takes it: ``out`` (the
+    result, of the result's shape and dtype) or ``work`` (scratch, of the second argument's). Only
+    ``matgrad.compile`` passes them, for buffers its plan proves nothing else can see."""
 
     @property
     def spec(self) -> str:
