@@ -93,6 +93,12 @@ class Session:
             barrier()
 
 
+def group_backend(args: argparse.Namespace) -> str:
+    """``"nccl"`` where the tensors live on CUDA GPUs (``--backend torch --device cuda``), else ``"gloo"``."""
+    device = str(getattr(args, "device", None) or "")
+    return "nccl" if getattr(args, "backend", None) == "torch" and device.startswith("cuda") else "gloo"
+
+
 @contextlib.contextmanager
 def session(args: argparse.Namespace) -> Iterator[Session]:
     """The processes ``matgrad train`` runs among, from torchrun's environment (alone when there is none)."""
@@ -109,7 +115,7 @@ def session(args: argparse.Namespace) -> Iterator[Session]:
             seconds = float(timeout) if timeout else None
         except ValueError:
             raise dist.DistributedError(f"{TIMEOUT_VAR}={timeout!r} is not a number of seconds", site=False) from None
-        dist.init_process_group(timeout=seconds)
+        dist.init_process_group(group_backend(args), timeout=seconds)
     par = Session(dist.get_rank(), dist.get_world_size())
 
     def terminated(signum: int, frame: FrameType | None) -> None:

@@ -67,6 +67,7 @@ ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 INSTALL = 'pip install "matgrad[distributed]"'
 _LAUNCH = "launch the processes with torchrun (torchrun --nproc-per-node 2 script.py)"
 _ARRAY_CODES = {"float32": "f", "float64": "d", "int64": "q"}
+_ITEM_NUMPY = {"float32": "<f4", "float64": "<f8", "int64": "<i8"}
 _ITEM_BYTES = {"float32": 4, "float64": 8, "int64": 8}
 
 
@@ -151,10 +152,12 @@ def init_process_group(
 
     By default everything comes from the environment ``torchrun`` sets: ``RANK`` (this process,
     0 .. ``WORLD_SIZE`` - 1), ``WORLD_SIZE`` (how many), ``MASTER_ADDR`` and ``MASTER_PORT`` (where
-    rank 0 listens). ``backend`` is ``"gloo"`` (CPU tensors, which matgrad's are) or any other that
-    PyTorch knows; ``timeout`` (seconds or a ``timedelta``) bounds how long a collective waits for
-    a process that does not come (PyTorch's default: 30 minutes). A process that exits instead
-    is noticed at once: the others' next collective raises ``DistributedError``.
+    rank 0 listens). ``backend`` is ``"gloo"`` (CPU tensors) or any other that PyTorch knows:
+    ``"nccl"`` for the torch backend on CUDA, where each process then takes the GPU that
+    ``LOCAL_RANK`` names as its ``"cuda"``; ``timeout`` (seconds or a ``timedelta``) bounds how
+    long a collective waits for a process that does not come (PyTorch's default: 30 minutes). A
+    process that exits instead is noticed at once: the others' next collective raises
+    ``DistributedError``.
     """
     if not isinstance(backend, str):
         raise ArgumentTypeError(f"init_process_group: backend must be a name such as 'gloo', got {backend!r}")
@@ -195,6 +198,9 @@ def init_process_group(
         )
     where = init_method or f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
     options: dict[str, Any] = {} if wait is None else {"timeout": wait}
+    local = os.environ.get("LOCAL_RANK", "").strip()
+    if backend == "nccl" and local:  # one GPU per process: "cuda" means this process's GPU from now on
+        _torch().cuda.set_device(_env_int("LOCAL_RANK", local, 0))
     try:
         td.init_process_group(backend, init_method=init_method, world_size=world_size, rank=rank, **options)
     except (RuntimeError, ValueError) as exc:
@@ -279,12 +285,15 @@ def _torch() -> Any:
 def _as_torch(t: Tensor2D, where: str) -> Iterator[Any]:
     """A torch tensor over ``t``'s values, whose changes ``t`` receives at the end of the block.
 
-    The numpy backend shares the array (``torch.from_numpy``, no copy); the python backend's flat
-    list goes through an ``array`` (``torch.frombuffer``) and back into the same list, so every
-    alias of the matrix sees the new values.
+    The numpy backend shares the array (``torch.from_numpy``, no copy) and the torch backend is
+    torch already; the python backend's flat list goes through an ``array`` (``torch.frombuffer``)
+    and back into the same list, and the other Array API backends (cupy, array_api_strict)
+    through a NumPy copy written back by their own ``assign``, so every alias of the matrix sees
+    the new values.
     """
     torch = _torch()
     native = t.native
+    kernels = t.kernels
     if type(native).__module__ == "numpy":
         if not native.flags.writeable:
             raise DistributedError(f"{where}: the {t.nrows}x{t.ncols} tensor is read-only; pass a copy (t.clone())")
@@ -296,12 +305,21 @@ def _as_torch(t: Tensor2D, where: str) -> Iterator[Any]:
             native[...] = buf
     elif isinstance(native, torch.Tensor):
         yield native
-    elif hasattr(native, "data") and isinstance(native.data, list):  # the python backend's Matrix
+    elif kernels.name == "python":  # the python backend's Matrix: a flat list
         buf = array(_ARRAY_CODES[t.dtype], native.data)
         yield torch.frombuffer(buf, dtype=getattr(torch, t.dtype))
         native.data[:] = buf.tolist()
-    else:
-        raise DistributedError(f"{where}: cannot share a tensor of the {t.backend} backend with torch")
+    else:  # cupy, array_api_strict: no memory torch can share, so a host copy and back
+        host = _host_copy(kernels, native)
+        yield torch.from_numpy(host)
+        kernels.assign(native, kernels.from_array(host, t.dtype))
+
+
+def _host_copy(kernels: Any, native: Any) -> Any:
+    """A writable, row-major NumPy copy of a matrix of any backend."""
+    import numpy
+
+    return numpy.array(kernels.to_numpy(native), order="C", copy=True)
 
 
 def _check_tensor(where: str, tensor: Any) -> Tensor2D:
@@ -352,40 +370,49 @@ def broadcast(tensor: Tensor2D, src: int = 0) -> Tensor2D:
 # -- buckets: many gradients in a few flat buffers -----------------------------------------------------
 
 
-def _pack(natives: Sequence[Any], dtype: str) -> tuple[Any, Any]:
-    """One flat buffer holding ``natives`` one after another, and a torch tensor sharing it."""
+def _pack(kernels: Any, natives: Sequence[Any], dtype: str) -> tuple[Any, Any]:
+    """One flat buffer holding ``natives`` one after another, and a torch tensor sharing it.
+
+    NumPy and torch matrices are laid into a buffer of their own kind (on the torch backend's
+    device, so NCCL reduces GPU memory); the python backend's into an ``array``; the other Array
+    API backends' into a host NumPy buffer.
+    """
     torch = _torch()
-    first = natives[0]
-    if type(first).__module__ == "numpy":
-        import numpy
+    if kernels.name == "torch":
+        flat = torch.cat([a.reshape(-1) for a in natives])
+        return flat, flat
+    if kernels.name == "python":
+        flat = array(_ARRAY_CODES[dtype])
+        for m in natives:
+            flat.extend(m.data)
+        return flat, torch.frombuffer(flat, dtype=getattr(torch, dtype))
+    import numpy
 
-        total = sum(a.size for a in natives)
-        buf = numpy.empty(total, dtype=first.dtype)
-        at = 0
-        for a in natives:
-            buf[at : at + a.size] = a.reshape(-1)
-            at += a.size
-        return buf, torch.from_numpy(buf)
-    flat = array(_ARRAY_CODES[dtype])
-    for m in natives:
-        flat.extend(m.data)
-    return flat, torch.frombuffer(flat, dtype=getattr(torch, dtype))
+    parts = natives if kernels.name == "numpy" else [kernels.to_numpy(a) for a in natives]
+    buf = numpy.empty(sum(a.size for a in parts), dtype=_ITEM_NUMPY[dtype])
+    at = 0
+    for a in parts:
+        buf[at : at + a.size] = a.reshape(-1)
+        at += a.size
+    return buf, torch.from_numpy(buf)
 
 
-def _unpack(buf: Any, shapes: Sequence[tuple[int, int]], dtype: str) -> list[Any]:
-    """The matrices of ``shapes`` laid one after another in ``buf`` (views of it on the numpy backend)."""
+def _unpack(kernels: Any, buf: Any, shapes: Sequence[tuple[int, int]], dtype: str) -> list[Any]:
+    """The matrices of ``shapes`` laid one after another in ``buf``: views of it on the numpy and
+    torch backends, new matrices of the backend on the others."""
     out = []
     at = 0
-    if isinstance(buf, array):
-        from matgrad.backends.python import Matrix
-
-        for r, c in shapes:
-            out.append(Matrix(r, c, buf[at : at + r * c].tolist(), dtype))
-            at += r * c
-        return out
     for r, c in shapes:
-        out.append(buf[at : at + r * c].reshape(r, c))
+        piece = buf[at : at + r * c]
         at += r * c
+        if kernels.name in ("numpy", "torch"):
+            out.append(piece.reshape(r, c))
+        elif kernels.name == "python":
+            from matgrad.backends.python import Matrix
+
+            out.append(Matrix(r, c, piece.tolist(), dtype))
+        else:
+            out.append(kernels.from_array(piece.reshape(r, c), dtype))
     return out
 
 
@@ -462,7 +489,8 @@ class DistributedDataParallel(Module):
         for i, p in enumerate(params):
             shapes = (shapes * 1_000_003 + (i + 1) * (p.nrows * 65_537 + p.ncols) + len(p.dtype)) % (1 << 40)
         mine = [float(len(params)), float(sum(p.nrows * p.ncols for p in params)), float(shapes)]
-        both = torch.tensor(mine + [-v for v in mine], dtype=torch.float64)
+        device = "cuda" if str(td.get_backend()) == "nccl" else "cpu"  # NCCL reduces GPU memory only
+        both = torch.tensor(mine + [-v for v in mine], dtype=torch.float64, device=device)
         _collective("DistributedDataParallel", td, lambda: td.all_reduce(both, op=td.ReduceOp.MAX))
         high, low = both[:3].tolist(), [-v for v in both[3:].tolist()]
         if high != low:
@@ -480,11 +508,12 @@ class DistributedDataParallel(Module):
         """Rank 0's parameter values into every rank's parameters, in place, one broadcast per bucket."""
         for bucket in self.buckets(trainable=False):
             dtype = bucket[0].dtype
-            buf, flat = _pack([p.native for p in bucket], dtype)
+            kernels = bucket[0].kernels
+            buf, flat = _pack(kernels, [p.native for p in bucket], dtype)
             _collective("DistributedDataParallel", td, partial(td.broadcast, flat, src=0))
             if self.rank == 0:
                 continue
-            for p, values in zip(bucket, _unpack(buf, [p.shape for p in bucket], dtype)):
+            for p, values in zip(bucket, _unpack(kernels, buf, [p.shape for p in bucket], dtype)):
                 p.kernels.assign(p.native, values)
                 p._mark_changed("DistributedDataParallel (rank 0's values)")
 
@@ -511,9 +540,10 @@ class DistributedDataParallel(Module):
                         f"{g.nrows}x{g.ncols} {g.dtype} on {g.backend}; gradients must match their parameter"
                     )
                 natives.append(g.native)
-            buf, flat = _pack(natives, dtype)
+            kernels = bucket[0].kernels
+            buf, flat = _pack(kernels, natives, dtype)
             _collective("average_gradients", td, partial(td.all_reduce, flat, op=td.ReduceOp.SUM))
             if n > 1:
                 flat.div_(n)
-            for p, g in zip(bucket, _unpack(buf, [p.shape for p in bucket], dtype)):
+            for p, g in zip(bucket, _unpack(kernels, buf, [p.shape for p in bucket], dtype)):
                 p.grad = Tensor2D.from_native(g, p.kernels)

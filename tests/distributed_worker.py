@@ -77,11 +77,16 @@ def train(dtype: str, rank: int = 0, world_size: int = 1, steps: int = STEPS) ->
         mg.set_default_dtype("float32")
 
 
+# The numpy backend shares its arrays with torch, torch is torch, the python backend goes through
+# an array and array_api_strict (standing for cupy: no memory torch can share) through a NumPy copy.
+BACKENDS = [b for b in ("numpy", "python", "torch", "array_api_strict") if b in mg.available_backends()]
+
+
 def _collectives(rank: int, world: int) -> dict[str, Any]:
     import matgrad.distributed as dist
 
     out: dict[str, Any] = {}
-    for backend in ("numpy", "python"):
+    for backend in BACKENDS:
         for dtype in ("float32", "float64", "int64"):
             for op in ("sum", "avg", "max", "min", "product"):
                 if op == "avg" and dtype == "int64":
@@ -100,7 +105,7 @@ def _ddp(rank: int, world: int) -> dict[str, Any]:
     import matgrad.distributed as dist
 
     out: dict[str, Any] = {}
-    for backend in ("numpy", "python"):
+    for backend in BACKENDS:
         mg.set_backend(backend)
         mg.manual_seed(100 + rank)  # a different init on every rank: the broadcast must fix it
         model = nn.MLP([6, 5, 3])

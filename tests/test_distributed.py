@@ -79,7 +79,7 @@ def _f32(v: float) -> float:
     return float(struct.unpack("f", struct.pack("f", v))[0])
 
 
-@pytest.mark.parametrize("backend", ["numpy", "python"])
+@pytest.mark.parametrize("backend", worker.BACKENDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
 def test_all_reduce_and_broadcast_across_two_processes(two_ranks: dict[str, Any], backend: str, dtype: str) -> None:
     def values(rank: int) -> list[list[float]]:
@@ -109,7 +109,7 @@ def test_all_reduce_and_broadcast_across_two_processes(two_ranks: dict[str, Any]
         assert version == (0 if rank["rank"] == 1 else 1)  # changed only where it was received
 
 
-@pytest.mark.parametrize("backend", ["numpy", "python"])
+@pytest.mark.parametrize("backend", worker.BACKENDS)
 def test_ddp_copies_rank_0_parameters_and_averages_gradients(two_ranks: dict[str, Any], backend: str) -> None:
     r0, r1 = (rank["ddp"][backend] for rank in two_ranks["ranks"])
     assert r0["before"] != r1["before"]  # different seeds: different initial parameters
@@ -271,7 +271,7 @@ def test_without_a_group_every_call_says_to_initialise() -> None:
         dist.DistributedDataParallel(nn.MLP([2, 2]))
 
 
-@pytest.mark.parametrize("backend", ["numpy", "python"])
+@pytest.mark.parametrize("backend", worker.BACKENDS)
 def test_all_reduce_works_in_place_on_the_tensors_own_storage(
     group_of_one: Any, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -408,3 +408,23 @@ def test_dataloader_sharding_arguments_are_checked() -> None:
         DataLoader(x, None, 2, rank=0.0, world_size=2)  # type: ignore[arg-type]
     loader = DataLoader(x, None, 2, rank=1, world_size=2)
     assert repr(loader).endswith("rank=1, world_size=2)") and len(loader) == 3  # 5 rows each: 2, 2, 1
+
+
+@pytest.mark.parametrize(
+    ("backend", "device", "expected"),
+    [
+        ("torch", "cuda", "nccl"),
+        ("torch", "cuda:1", "nccl"),
+        ("torch", "cpu", "gloo"),
+        ("torch", None, "gloo"),
+        ("numpy", None, "gloo"),
+        (None, None, "gloo"),
+        ("cupy", None, "gloo"),
+    ],
+)
+def test_matgrad_train_joins_with_nccl_where_its_tensors_are_on_cuda(backend: Any, device: Any, expected: str) -> None:
+    import argparse
+
+    from matgrad._parallel import group_backend
+
+    assert group_backend(argparse.Namespace(backend=backend, device=device)) == expected
