@@ -266,3 +266,9 @@ def test_distributed_scaling_smoke(tmp_path):
     figures = json.loads(out.read_text())["figures"]
     assert figures["batch 64"]["test_acc"][0] == figures["batch 64"]["test_acc"][1]  # same steps, same model
     assert set(figures["bare_allreduce_s"]) == {"1 float", "101,770 floats"}
+
+
+def test_compile_equality_smoke():
+    out = run("compile_equality.py", "--steps", "4", "--models", "784-8-10").stdout
+    assert "784-8-10: 4 losses equal: True; final weights equal byte for byte: True" in out
+    assert "'replayed': 2" in out
