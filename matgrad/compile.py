@@ -30,8 +30,9 @@ the same"):
    operand checks, and each intermediate freed after its last use. Where the backend's kernels
    can write into a given array (NumPy's ``out=``), an intermediate nothing outside can see (not
    returned, not a ``.grad``, not viewed by another result) is written into a buffer the plan
-   owns, reused by every call and shared by results whose lifetimes do not overlap; the same
-   kernels write the same bits there. Before running, it checks
+   owns, reused by every call and shared by results whose lifetimes do not overlap; a gradient
+   left as a ``.grad`` is written into a buffer of its own when its reference count proves
+   nothing else holds the previous call's. The same kernels write the same bits there. Before running, it checks
    that every module that ran is in the same train/eval mode and every parameter still has the
    storage it had; values the step read back into Python (``tolist``) are compared as it goes.
    Any difference falls back to a new capture: never a wrong result.
@@ -48,6 +49,7 @@ from __future__ import annotations
 import builtins
 import functools
 import math
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -504,6 +506,7 @@ class Plan:
         self.signature = signature
         self.arg_names = arg_names
         self.last_use = self._last_use()
+        self.notes: dict[int, str] = {}  # item position -> where its result goes, for printing
         self.into, self.buffers = self._allocate()
         self.run = self._generate({}, {})
         self.plain_source = self.source
@@ -533,13 +536,18 @@ class Plan:
         A result gets a buffer only where the plan proves nothing outside can see it: not returned,
         not left as a ``.grad``, and no other result a view of it (each kernel's ``buffered``
         keyword says it may write there). A buffer is free again after its result's last reader,
-        and never given to a kernel that also reads it.
+        and never given to a kernel that also reads it. A gradient left as a ``.grad`` gets a
+        buffer of its own, used only when, at that point of the replay, nothing but the plan holds
+        it (its reference count: last call's ``.grad`` was reset by ``zero_grad``, and nobody kept
+        it or a view of it); otherwise that replay gives it a new matrix, as eager does.
         """
         t = self.trace
-        escaping = set(t.viewed) | {r.index for r in _refs_of(t.output) if r.kind == "slot"}
+        returned = set(t.viewed) | {r.index for r in _refs_of(t.output) if r.kind == "slot"}
+        grads: set[int] = set()
         for item in t.items:
             if isinstance(item, SetGrads):
-                escaping |= {g.index for _, g, _ in item.leaves if g is not None and g.kind == "slot"}
+                grads |= {g.index for _, g, _ in item.leaves if g is not None and g.kind == "slot"}
+        escaping = returned | grads
         dying: dict[int, list[int]] = {}
         for slot, pos in self.last_use.items():
             dying.setdefault(pos, []).append(slot)
@@ -564,18 +572,23 @@ class Plan:
             if isinstance(item, Kernel) and item.outs is not None:
                 layout.update(zip(item.outs, item.shapes))
             keyword = item.backend.buffered.get(item.name) if isinstance(item, Kernel) else None
-            if keyword == "out" and item.outs is not None and len(item.outs) == 1 and item.outs[0] not in escaping:
-                shape, dtype = item.shapes[0]
-                if len(shape) == 2:
-                    owner[item.outs[0]] = name = take(item.backend, shape, dtype)
-                    into[pos] = f"out={name}"
-                    if item.outs[0] not in self.last_use:  # never read: free at once
+            if keyword == "out" and item.outs is not None and len(item.outs) == 1 and len(item.shapes[0][0]) == 2:
+                slot, (shape, dtype) = item.outs[0], item.shapes[0]
+                if slot not in escaping:
+                    owner[slot] = name = take(item.backend, shape, dtype)
+                    into[pos], self.notes[pos] = f"out={name}", f"in {name}"
+                    if slot not in self.last_use:  # never read: free at once
                         released.append(name)
+                elif slot in grads and slot not in returned:
+                    name = f"b{len(buffers)}"
+                    buffers[name] = item.backend.full(shape[0], shape[1], 0.0, dtype)
+                    into[pos] = f"out=({name} if _rc({name}) == _RC else None)"
+                    self.notes[pos] = f"in {name} when free"
             elif keyword == "work" and len(item.args) > 2 and item.args[2] not in (1, -1):  # axpy scales by alpha
                 source = item.args[1]
                 if isinstance(source, Ref) and source.kind == "slot" and len(layout[source.index][0]) == 2:
                     name = take(item.backend, *layout[source.index])
-                    into[pos] = f"work={name}"
+                    into[pos], self.notes[pos] = f"work={name}", f"scratch {name}"
                     released.append(name)
             released += [owner[k] for k in dying.get(pos, ()) if k in owner]
             for name in released:
@@ -586,6 +599,8 @@ class Plan:
     def _generate(self, into: dict[int, str], buffers: dict[str, Any]) -> Callable[..., Any]:
         t = self.trace
         env: dict[str, Any] = {"_Bail": _Bail, "_wrap": _wrap, "_same": _same, "_freeze": _freeze, **buffers}
+        if buffers:
+            env["_rc"], env["_RC"] = sys.getrefcount, _free_count()
         last_use = self.last_use
         lines = ["def replay(inputs, objects, committed):"]
         first_unsafe = next((pos for pos, item in enumerate(t.items) if _unsafe(item)), None)
@@ -663,9 +678,7 @@ class Plan:
         for pos, item in enumerate(t.items):
             if isinstance(item, Kernel):
                 args = ", ".join([*map(show, item.args), *(f"{k}={show(v)}" for k, v in item.kwargs.items())])
-                buffer = self.into.get(pos, "")
-                kind, _, name = buffer.partition("=")
-                note = f"  [{'in' if kind == 'out' else 'scratch'} {name}]" if buffer else ""
+                note = f"  [{self.notes[pos]}]" if pos in self.notes else ""
                 if item.outs is None:
                     prefix = "  check " if item.observes else "  "
                     out.append(f"{prefix}{item.name}({args}){note}")
@@ -941,6 +954,17 @@ class CompiledFunction:
 
 
 _FALLBACK = object()
+
+
+def _free_count() -> int:
+    """What ``sys.getrefcount`` says, inside generated code, of a buffer that only the plan holds (in
+    its table of buffers and in the generated code's globals), measured the same way."""
+    table = {"b": bytearray(1)}
+    env: dict[str, Any] = {"_rc": sys.getrefcount, **table}
+    exec(builtins.compile("def probe():\n    return _rc(b)", "<matgrad probe>", "exec"), env)  # as in a plan
+    return int(env["probe"]())
+
+
 _capture_lock = threading.Lock()  # one capture at a time: it patches kernels process-wide
 
 

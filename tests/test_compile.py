@@ -515,3 +515,43 @@ def test_every_buffered_numpy_kernel_gives_the_same_bits_into_a_buffer() -> None
         be.axpy(fresh, b, alpha)
         be.axpy(reused, b, alpha, work=np.empty_like(b))
         assert fresh.tobytes() == reused.tobytes()
+
+
+def test_a_gradient_buffer_is_reused_only_when_nothing_else_holds_last_steps_gradient() -> None:
+    model, _, train_step = _setup("numpy", opt="sgd")
+    step = mg.compile(train_step)
+    batches = _batches("numpy", 10)
+    for xb, yb in batches[:4]:
+        step(xb, yb)
+    plan = step.plan
+    assert plan is not None and "when free]" in str(plan)
+    w = model[0].weight
+
+    def in_buffer() -> bool:  # is w.grad the plan's own buffer?
+        assert w.grad is not None
+        return any(w.grad.native is b for b in plan.buffers.values())
+
+    step(*batches[4])
+    assert in_buffer()  # steady state: last step's gradient was dropped by zero_grad, so reused
+    held = w.grad
+    kept = held.tolist()  # type: ignore[union-attr]
+    step(*batches[5])  # the caller holds last step's gradient: this step gets a new matrix
+    assert not in_buffer() and held.tolist() == kept  # type: ignore[union-attr]
+    view = held.numpy()[:2]  # type: ignore[union-attr]
+    del held
+    step(*batches[6])  # step 5's gradient is dropped; step 4's memory is still seen through a view
+    assert not in_buffer() and view.tolist() == kept[:2]
+    del view
+    step(*batches[7])
+    assert in_buffer()  # nothing holds it any more
+    # and the numbers are eager's throughout
+    _, _, eager = _setup("numpy", opt="sgd")
+    losses = [eager(*b).item() for b in batches[:9]]
+    model2, _, train_step2 = _setup("numpy", opt="sgd")
+    step2 = mg.compile(train_step2)
+    got, held2 = [], []
+    for i, b in enumerate(batches[:9]):
+        got.append(step2(*b).item())
+        if i in (4, 6):
+            held2.append(model2[0].weight.grad)  # holding gradients changes no number
+    assert got == losses
