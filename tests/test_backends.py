@@ -451,3 +451,19 @@ def test_keep_selects_on_both_backends(data: st.DataObject) -> None:
     for be in EVERY:
         got = be.tolist(be.keep(be.from_rows(row, "float64"), be.from_rows(mask, "float64")))
         assert repr(got) == repr(want_row), be.name
+
+
+@pytest.mark.filterwarnings("error")
+def test_keep_selects_exactly_whatever_the_values() -> None:
+    """``keep`` multiplies when every value is finite and selects otherwise; the finiteness test
+    must not be fooled by huge finite values, inf or NaN, and warns of nothing."""
+    be = backends.get("numpy")
+    mask = np.array([[1.0, 0.0, 1.0, 0.0]])
+    for dtype in (np.float32, np.float64):
+        big = np.finfo(dtype).max
+        for row in ([1e30, -1e30, 3.0, -2.0], [np.inf, -np.inf, np.nan, 5.0], [big, -big, 2.0, np.nan], [-1.5] * 4):
+            a = np.array([row], dtype=dtype)
+            got = be.keep(a, mask.astype(dtype))
+            assert got.dtype == dtype
+            assert np.array_equal(got, np.where(mask != 0, a, 0), equal_nan=True), (dtype, row)
+            assert not np.signbit(got[mask == 0]).any()  # dropped entries are +0.0, whatever was there
