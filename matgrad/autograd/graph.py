@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Op", "RemovableHandle", "raise_modified", "record", "register_record_hook"]
 
 _sequence = itertools.count()
-_UNARY, _BINARY = 1, 2
+_UNARY, _BINARY, _PAIR = 1, 2, 3
 _requires_grad = operator.attrgetter("requires_grad")
 
 RecordHook = Callable[["Op"], None]
@@ -115,7 +115,7 @@ class Op(metaclass=_OpMeta):
     saves_output: ClassVar[bool] = False
     views: ClassVar[bool] = False  # the output may share the input's storage (reshape): one version counter
     _has_check: ClassVar[bool] = False
-    _kind: ClassVar[int] = 0  # _UNARY, _BINARY or 0: which path of __call__ fits the declarations
+    _kind: ClassVar[int] = 0  # _UNARY, _BINARY, _PAIR or 0: which path of __call__ fits the declarations
     _checks_saved: ClassVar[bool] = False  # saves something, or overrides check_saved
     _moves: ClassVar[bool] = False  # defines result_backend: the output lives on another backend
 
@@ -150,6 +150,8 @@ class Op(metaclass=_OpMeta):
         cls._moves = any("result_backend" in k.__dict__ for k in cls.__mro__ if k is not Op)
         plain = not (cls._has_check or cls._moves or cls.views)
         cls._kind = _BINARY if plain and cls.broadcast and cls.arity == 2 else _UNARY if plain and cls.arity == 1 else 0
+        if not cls._kind and cls.arity == 2 and not (cls.broadcast or cls._moves or cls.views):
+            cls._kind = _PAIR  # two operands of any shapes, the op's own check() deciding (matmul)
         cls._checks_saved = bool(cls.saves or cls.saves_output) or any(
             "check_saved" in k.__dict__ for k in cls.__mro__ if k is not Op
         )
@@ -192,6 +194,26 @@ class Op(metaclass=_OpMeta):
             elif mode:
                 _record_slow(self, out, (a,), mode)
             return out
+        if kind == _PAIR and len(args) == 2:
+            a, b = args
+            if (
+                isinstance(a, Tensor2D)
+                and isinstance(b, Tensor2D)
+                and a._backend is b._backend
+                and ((da := a._data.dtype) is (db := b._data.dtype) or da == db)
+                and (not self.float_only or da in a._backend.float_types)
+            ):
+                if self._has_check:
+                    self.check(a, b)
+                be = a._backend
+                out = _wrap(self.forward(be, a._data, b._data), be)
+                mode = state.mode
+                if mode == GRAD:
+                    if a.requires_grad or b.requires_grad:
+                        _link(self, out, (a, b), False)
+                elif mode:
+                    _record_slow(self, out, (a, b), mode)
+                return out
         inputs = args
         if self.broadcast or not args or (self.arity != -1 and len(args) != self.arity):
             inputs = _operands(self, args)
