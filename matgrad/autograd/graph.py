@@ -161,17 +161,19 @@ class Op(metaclass=_OpMeta):
         # The two commonest shapes of op get a path with as few calls and lookups as possible:
         # every op runs through here, forward and in every backward rule.
         kind = self._kind
-        if kind == _BINARY and len(args) == 2:
+        if kind >= _BINARY and len(args) == 2:  # _BINARY: same shapes; _PAIR: any, the op's check() decides
             a, b = args
             if not (
                 isinstance(a, Tensor2D)
                 and isinstance(b, Tensor2D)
                 and a._backend is b._backend
                 and ((da := a._data.dtype) is (db := b._data.dtype) or da == db)
-                and a._data.shape == b._data.shape
+                and (kind == _PAIR or a._data.shape == b._data.shape)
                 and (not self.float_only or da in a._backend.float_types)
             ):
                 a, b = _operands(self, args)
+            if kind == _PAIR and self._has_check:
+                self.check(a, b)
             be = a._backend
             out = _wrap(self.forward(be, a._data, b._data), be)
             mode = state.mode
@@ -194,26 +196,6 @@ class Op(metaclass=_OpMeta):
             elif mode:
                 _record_slow(self, out, (a,), mode)
             return out
-        if kind == _PAIR and len(args) == 2:
-            a, b = args
-            if (
-                isinstance(a, Tensor2D)
-                and isinstance(b, Tensor2D)
-                and a._backend is b._backend
-                and ((da := a._data.dtype) is (db := b._data.dtype) or da == db)
-                and (not self.float_only or da in a._backend.float_types)
-            ):
-                if self._has_check:
-                    self.check(a, b)
-                be = a._backend
-                out = _wrap(self.forward(be, a._data, b._data), be)
-                mode = state.mode
-                if mode == GRAD:
-                    if a.requires_grad or b.requires_grad:
-                        _link(self, out, (a, b), False)
-                elif mode:
-                    _record_slow(self, out, (a, b), mode)
-                return out
         inputs = args
         if self.broadcast or not args or (self.arity != -1 and len(args) != self.arity):
             inputs = _operands(self, args)
