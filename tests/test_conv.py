@@ -427,3 +427,31 @@ def test_cli_trains_saves_and_evaluates_a_cnn(tmp_path: Path, capsys: pytest.Cap
     assert main(["eval", "--model", str(model)]) == 0
     out = capsys.readouterr().out
     assert f"test accuracy {accuracy[1]:.2f}%" in out
+
+
+def _tiny_mnist(folder: Path, n_train: int, n_test: int) -> Path:
+    """The first images of the shipped sample as raw IDX files (what --data reads)."""
+    import struct
+
+    data = mg.data.load_mnist(sample=True, backend="numpy")
+    for name, x, y, n in (
+        ("train", data.x_train, data.y_train, n_train),
+        ("t10k", data.x_test, data.y_test, n_test),
+    ):
+        pixels = bytes(round(v * 255) for row in x[:n].tolist() for v in row)
+        labels = bytes(int(row[0]) for row in y[:n].tolist())
+        (folder / f"{name}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + pixels)
+        (folder / f"{name}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels)
+    return folder
+
+
+def test_cli_trains_a_cnn_on_the_python_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``matgrad train --model cnn --backend python --limit N``: the pure-Python kernels end to end."""
+    data = _tiny_mnist(tmp_path, 32, 16)
+    args = ["train", "--model", "cnn", "--backend", "python", "--data", str(data), "--limit", "16"]
+    assert main([*args, "--epochs", "1", "--batch-size", "8", "--hidden", "8", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| backend python | MNIST from" in out and "16 training and 16 test images" in out
+    assert "model CNN 1x28x28 > conv 16x24x24 > pool 16x12x12 > conv 32x8x8 > pool 32x4x4 > 8 > 10" in out
+    losses = [float(v) for v in re.findall(r"loss (\d+\.\d+)", out)]
+    assert len(losses) == 1 and 1.5 < losses[0] < 3.5  # about ln 10 after two steps of an untrained CNN
