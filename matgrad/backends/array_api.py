@@ -32,7 +32,7 @@ import math
 from typing import Any, Callable, ContextManager, Literal, Sequence
 
 from matgrad._errors import BackendError, TensorIndexError
-from matgrad.backends.base import Axis, Backend, Index, Operand
+from matgrad.backends.base import QUIET_UNARY, Axis, Backend, Index, Operand, unary_kernels
 
 __all__ = ["ArrayApiBackend", "library_devices", "native_backend", "normalize_device"]
 
@@ -328,18 +328,8 @@ class ArrayApiBackend(Backend):
             "gt": lambda a, b: a > b,
             "ge": lambda a, b: a >= b,
         }
-        self._unary: dict[str, Callable[[Any], Any]] = {
-            "neg": xp.negative,
-            "exp": xp.exp,
-            "log": xp.log,
-            "log1p": xp.log1p,
-            "sqrt": xp.sqrt,
-            "abs": xp.abs,
-            "sign": xp.sign,
-            "tanh": xp.tanh,
-            "sigmoid": self._sigmoid,
-        }
-        self._quiet_ops = {"exp", "log", "log1p", "sqrt", "sigmoid"}
+        self._unary = unary_kernels(xp, self._sigmoid)
+        self._quiet_ops = QUIET_UNARY
 
     def owns(self, data: Any) -> bool:
         """True when ``data`` is an array of this backend's library on its device."""

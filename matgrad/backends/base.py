@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from types import MappingProxyType
-from typing import Any, Literal, Mapping, NamedTuple, Sequence, Union
+from typing import Any, Callable, Literal, Mapping, NamedTuple, Sequence, Union
 
 Data = Any
 """A backend's native matrix: ``backends.python.Matrix`` or a 2-D ``numpy.ndarray``."""
@@ -80,6 +80,26 @@ class Window(NamedTuple):
     def patch_size(self) -> int:
         """``C * kh * kw``: the width of a patch row."""
         return self.channels * self.kh * self.kw
+
+
+# Ops that can meet a domain edge (log 0, 1/0, overflow): IEEE results, no warnings, exactly as
+# the python backend. Anomaly detection is the tool for finding them.
+QUIET_UNARY = frozenset({"exp", "log", "log1p", "sqrt", "sigmoid"})
+
+
+def unary_kernels(xp: Any, sigmoid: Callable[[Any], Any]) -> dict[str, Callable[[Any], Any]]:
+    """``unary``'s ops over an array namespace with NumPy's names (NumPy, the Array API): name -> function."""
+    return {
+        "neg": xp.negative,
+        "exp": xp.exp,
+        "log": xp.log,
+        "log1p": xp.log1p,
+        "sqrt": xp.sqrt,
+        "abs": xp.abs,
+        "sign": xp.sign,
+        "tanh": xp.tanh,
+        "sigmoid": sigmoid,
+    }
 
 
 class Backend(ABC):

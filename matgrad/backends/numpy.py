@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any, Literal, Sequence
 
 from matgrad._errors import TensorIndexError
-from matgrad.backends.base import Axis, Backend, Index, Operand, Window
+from matgrad.backends.base import QUIET_UNARY, Axis, Backend, Index, Operand, Window, unary_kernels
 
 __all__ = ["NumpyBackend"]
 
@@ -43,20 +43,8 @@ class NumpyBackend(Backend):
             "gt": xp.greater,
             "ge": xp.greater_equal,
         }
-        self._unary = {
-            "neg": xp.negative,
-            "exp": xp.exp,
-            "log": xp.log,
-            "log1p": xp.log1p,
-            "sqrt": xp.sqrt,
-            "abs": xp.abs,
-            "sign": xp.sign,
-            "tanh": xp.tanh,
-            "sigmoid": self._sigmoid,
-        }
-        # Ops that can meet a domain edge (log 0, 1/0, overflow): IEEE results, no warnings,
-        # exactly as the python backend. Anomaly detection is the tool for finding them.
-        self._quiet = {"exp", "log", "log1p", "sqrt", "sigmoid"}
+        self._unary = unary_kernels(xp, self._sigmoid)
+        self._quiet = QUIET_UNARY
 
     # -- construction and conversion ---------------------------------------------------------
     def from_rows(self, rows: Sequence[Sequence[Any]], dtype: str) -> Any:
