@@ -509,7 +509,6 @@ class Plan:
         self.notes: dict[int, str] = {}  # item position -> where its result goes, for printing
         self.into, self.buffers = self._allocate()
         self.run = self._generate({}, {})
-        self.plain_source = self.source
         # The same code writing into the plan's buffers: one replay at a time may use them (a
         # second thread replaying meanwhile runs ``run``, allocating as eager does).
         self.run_buffered = self._generate(self.into, self.buffers) if self.into else None
@@ -593,7 +592,7 @@ class Plan:
             released += [owner[k] for k in dying.get(pos, ()) if k in owner]
             for name in released:
                 free.setdefault(kind_of[name], []).append(name)
-        self.buffer_of = dict(owner)  # slot -> the buffer its result is written into
+        self.buffer_of = owner  # slot -> the buffer its result is written into
         return into, buffers
 
     def _generate(self, into: dict[int, str], buffers: dict[str, Any]) -> Callable[..., Any]:
